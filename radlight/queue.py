@@ -1,0 +1,83 @@
+"""The Celery application configuration and the producer side of the queue.
+
+Both producers and workers build their Celery app here, so broker settings cannot drift apart.
+"""
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from radlight.contracts import (
+    QUEUE_DELIVERY,
+    QUEUE_INFERENCE,
+    TASK_DELIVER,
+    TASK_PROCESS_JOB,
+    TASK_QUEUES,
+    DeliverPayload,
+    ProcessJobPayload,
+)
+from radlight.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings: JSON only, late acks, one message at a time, explicit queues."""
+    config: dict[str, Any] = {
+        "broker_url": settings.effective_broker_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_default_queue": QUEUE_INFERENCE,
+        "task_queues": [Queue(QUEUE_INFERENCE), Queue(QUEUE_DELIVERY)],
+        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        "task_create_missing_queues": False,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "enable_utc": True,
+    }
+    if settings.uses_embedded_broker:
+        folder = settings.queue_dir
+        for sub in ("messages", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "messages"),
+            "data_folder_out": str(folder / "messages"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        # Redis: a task not acked within this time is redelivered; longer than any inference.
+        config["broker_transport_options"] = {"visibility_timeout": 3600}
+    return config
+
+
+def make_celery(settings: Settings, name: str = "radlight") -> Celery:
+    """A Celery app configured for ``settings``; workers register tasks on it."""
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class TaskProducer:
+    """Sends RadLight tasks by name; what the node and the API use to enqueue work."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = make_celery(settings, name="radlight-producer")
+
+    def enqueue_job(self, job_id: int) -> None:
+        payload = ProcessJobPayload(job_id=job_id)
+        self._app.send_task(
+            TASK_PROCESS_JOB, kwargs=payload.model_dump(), queue=TASK_QUEUES[TASK_PROCESS_JOB]
+        )
+
+    def enqueue_delivery(self, delivery_id: int) -> None:
+        payload = DeliverPayload(delivery_id=delivery_id)
+        self._app.send_task(TASK_DELIVER, kwargs=payload.model_dump(), queue=QUEUE_DELIVERY)
+
+    def close(self) -> None:
+        self._app.close()

@@ -1,0 +1,103 @@
+"""Settings, read once per process from ``RADLIGHT_*`` environment variables and passed down.
+
+With nothing set, RadLight runs on one machine on embedded defaults: SQLite and a local instance store
+under ``data_dir``, and Celery on kombu's filesystem transport (a queue in a folder, no server). Point
+``RADLIGHT_DATABASE_URL`` at PostgreSQL and ``RADLIGHT_BROKER_URL`` at Redis to scale out.
+"""
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of a RadLight process."""
+
+    model_config = SettingsConfigDict(env_prefix="RADLIGHT_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default=Path("radlight-data"), description="Root of store, db and queue.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite if unset.")
+    broker_url: str | None = Field(default=None, description="Celery broker; filesystem if unset.")
+
+    ae_title: str = Field(default="RADLIGHT", min_length=1, max_length=16)
+    dicom_host: str = "0.0.0.0"  # noqa: S104 - a DICOM node must be reachable by the PACS
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Calling AE titles allowed to associate; empty = any."
+    )
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    max_pdu_size: int = Field(default=0, ge=0, description="0 = unlimited (pynetdicom).")
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    max_instance_bytes: int = Field(default=2 * 1024**3, gt=0)
+
+    study_quiet_seconds: float = Field(default=5.0, ge=0, description="Study is complete after.")
+    assembler_interval_s: float = Field(default=1.0, gt=0)
+    requeue_after_s: float = Field(default=300.0, gt=0, description="Re-queue stuck jobs after.")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    delivery_max_attempts: int = Field(default=5, ge=1, le=100)
+    delivery_backoff_s: float = Field(default=2.0, gt=0)
+    result_ae_title: str = Field(default="RADLIGHT", min_length=1, max_length=16)
+    overlays_per_image: int = Field(default=1, ge=1, le=14)
+
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _split_ae_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ae_title", "result_ae_title")
+    @classmethod
+    def _ae_title_chars(cls, value: str) -> str:
+        if not value.strip() or "\\" in value or any(ord(c) < 32 for c in value):
+            raise ValueError("AE title must be 1-16 printable characters without backslash")
+        return value.strip()
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def store_dir(self) -> Path:
+        return self.resolved_data_dir / "store"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.resolved_data_dir / "models"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.resolved_data_dir / "queue"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'radlight.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides (tests, CLI flags) on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+__all__ = ["Settings", "load_settings"]
