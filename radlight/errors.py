@@ -4,7 +4,10 @@
     ├── ConfigurationError          bad or missing settings (CLI exits non-zero)
     ├── StoreError                  the instance store could not persist or read bytes
     │   └── StoreFullError          no space left (DIMSE 0xA700 Out of Resources)
-    ├── InvalidInstanceError        received bytes are not a usable DICOM instance (DIMSE 0xC210)
+    ├── InvalidInstanceError        received bytes are not a usable DICOM instance
+    │   ├── MalformedInstanceError    truncated or undecodable encoding (DIMSE 0xC210)
+    │   ├── MissingAttributeError     no valid Study/Series/SOP Instance UID (DIMSE 0xC211)
+    │   ├── SOPClassMismatchError     dataset disagrees with the negotiated SOP class (0xA900)
     │   └── UnsupportedSOPClassError  the SOP class is not one we store (DIMSE 0x0122)
     ├── NotAnalysableError          a valid instance the pipeline must not analyse
     │                                (lateral, non-chest, no pixel data): job "not_analysed"
@@ -39,6 +42,18 @@ class InvalidInstanceError(RadLightError):
     """Received bytes are not a usable DICOM instance (malformed, truncated, inconsistent)."""
 
 
+class MalformedInstanceError(InvalidInstanceError):
+    """The encoding is truncated or cannot be parsed."""
+
+
+class MissingAttributeError(InvalidInstanceError):
+    """A required identifying attribute is missing or invalid."""
+
+
+class SOPClassMismatchError(InvalidInstanceError):
+    """The dataset's SOP Class or Instance UID disagrees with the DIMSE request."""
+
+
 class UnsupportedSOPClassError(InvalidInstanceError):
     """The instance's SOP class is not one this node stores."""
 
@@ -56,7 +71,11 @@ class ModelIntegrityError(ModelError):
 
 
 class DeliveryError(RadLightError):
-    """Sending results to a destination failed."""
+    """Sending results to a destination failed; ``status`` is the peer's DIMSE status, if any."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TransientDeliveryError(DeliveryError):

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RADLIGHT_", extra="ignore", frozen=True)
 
-    data_dir: Path = Field(default=Path("radlight-data"), description="Root of store, db and queue.")
+    data_dir: Path = Field(
+        default=Path("radlight-data"), description="Root of store, db and queue."
+    )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite if unset.")
     broker_url: str | None = Field(default=None, description="Celery broker; filesystem if unset.")
 

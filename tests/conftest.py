@@ -1,9 +1,11 @@
 """Fixtures shared by every test: where the real assets live, and fresh settings per test."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,3 +28,30 @@ def real_dicom_files(assets_dir: Path) -> list[Path]:
     files = sorted((assets_dir / "dicom").glob("*.dcm"))
     assert len(files) == 2, files
     return files
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database on each backend: SQLite in tmp_path, PostgreSQL on this machine."""
+    from db.migrate import upgrade
+    from tests.peers import postgres_database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'radlight.db'}"
+        upgrade(url)
+        yield url
+    else:
+        with postgres_database() as url:
+            upgrade(url)
+            yield url
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    from db.session import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()

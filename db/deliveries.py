@@ -1,0 +1,103 @@
+"""Deliveries: one row per (result, destination), with state, attempts and the last reason."""
+
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Delivery, DeliveryState, Destination, Result, utcnow
+
+SENDABLE = (DeliveryState.PENDING, DeliveryState.RETRYING)
+
+
+def ensure_deliveries(
+    *, session: Session, result: Result, destinations: list[Destination]
+) -> list[Delivery]:
+    """The deliveries of ``result``, creating the missing ones; existing rows are kept as they are."""
+    existing = {
+        d.destination_id: d
+        for d in session.scalars(select(Delivery).where(Delivery.result_id == result.id))
+    }
+    deliveries: list[Delivery] = []
+    for destination in destinations:
+        if not destination.enabled:
+            continue
+        delivery = existing.get(destination.id)
+        if delivery is None:
+            delivery = Delivery(result_id=result.id, destination_id=destination.id)
+            session.add(delivery)
+            session.flush()
+        deliveries.append(delivery)
+    return deliveries
+
+
+def claim_delivery(*, session: Session, delivery_id: int) -> bool:
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state.in_(SENDABLE))
+        .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1, updated_at=utcnow())
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def mark_delivery(
+    *,
+    session: Session,
+    delivery_id: int,
+    state: DeliveryState,
+    status: int | None = None,
+    reason: str | None = None,
+) -> None:
+    values: dict[str, object] = {
+        "state": state,
+        "last_status": status,
+        "reason": reason,
+        "updated_at": utcnow(),
+    }
+    if state is DeliveryState.SENT:
+        values["sent_at"] = utcnow()
+    session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
+def reopen_delivery(*, session: Session, delivery_id: int) -> None:
+    """Put a sent or failed delivery back in line (a re-run replaced its result)."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENDING)
+        .values(state=DeliveryState.PENDING, reason=None, updated_at=utcnow())
+    )
+
+
+def stale_deliveries(
+    *, session: Session, pending_before: datetime, sending_before: datetime
+) -> list[int]:
+    """Deliveries that should be moving but are not: never queued, or a worker died sending.
+
+    RETRYING ones are excluded while their retry is scheduled; they count as stale like SENDING
+    once ``sending_before`` has passed.
+    """
+    return list(
+        session.scalars(
+            select(Delivery.id)
+            .where(
+                or_(
+                    (Delivery.state == DeliveryState.PENDING)
+                    & (Delivery.updated_at < pending_before),
+                    Delivery.state.in_((DeliveryState.SENDING, DeliveryState.RETRYING))
+                    & (Delivery.updated_at < sending_before),
+                )
+            )
+            .order_by(Delivery.id)
+            .limit(500)
+        )
+    )
+
+
+def requeue_delivery(*, session: Session, delivery_id: int) -> None:
+    """A stalled delivery goes back to PENDING, touched so it is not picked again at once."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENT)
+        .where(Delivery.state != DeliveryState.FAILED)
+        .values(state=DeliveryState.PENDING, updated_at=utcnow())
+    )

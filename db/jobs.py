@@ -1,0 +1,130 @@
+"""Jobs: created once per (study, route, input set), claimed with a conditional update."""
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import Job, JobState, Route, utcnow
+
+CLAIMABLE = (JobState.PENDING, JobState.QUEUED)
+
+
+def input_hash(sop_instance_uids: Sequence[str]) -> str:
+    """Identity of an input set: the same instances give the same hash, in any order."""
+    digest = hashlib.sha256()
+    for uid in sorted(set(sop_instance_uids)):
+        digest.update(uid.encode("ascii"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def create_job_if_new(
+    *, session: Session, study_id: int, route: Route, sop_instance_uids: Sequence[str]
+) -> Job | None:
+    """A new PENDING job, or None when this input set was already given to this route."""
+    key = input_hash(sop_instance_uids)
+    existing = session.scalars(
+        select(Job).where(Job.study_id == study_id, Job.route_id == route.id, Job.input_hash == key)
+    ).one_or_none()
+    if existing is not None:
+        return None
+    job = Job(
+        study_id=study_id,
+        route_id=route.id,
+        input_hash=key,
+        input_sop_instance_uids=sorted(set(sop_instance_uids)),
+        state=JobState.PENDING,
+        model_name=route.model_name,
+        model_version=route.model_version,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        return None  # another assembler created it at the same moment
+    return job
+
+
+def mark_queued(*, session: Session, job_id: int) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.PENDING)
+        .values(state=JobState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
+    )
+
+
+def claim_job(*, session: Session, job_id: int) -> bool:
+    """Move a job to RUNNING if nobody else has; the conditional update is the lock."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(CLAIMABLE))
+        .values(state=JobState.RUNNING, attempts=Job.attempts + 1, started_at=now, updated_at=now)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def finish_job(
+    *,
+    session: Session,
+    job_id: int,
+    state: JobState,
+    reason: str | None = None,
+    model_version: str | None = None,
+    model_sha256: str | None = None,
+) -> None:
+    if state not in (JobState.SUCCEEDED, JobState.NOT_ANALYSED, JobState.FAILED):
+        raise ValueError(f"{state} is not a final job state")
+    values: dict[str, object] = {
+        "state": state,
+        "reason": reason,
+        "finished_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+    if model_version is not None:
+        values["model_version"] = model_version
+    if model_sha256 is not None:
+        values["model_sha256"] = model_sha256
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def release_for_retry(*, session: Session, job_id: int, reason: str) -> None:
+    """A transient failure: back to QUEUED so a retried message can claim it again."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING)
+        .values(state=JobState.QUEUED, reason=reason, updated_at=utcnow())
+    )
+
+
+def requeue_candidates(*, session: Session, stale_before: datetime) -> list[int]:
+    """Jobs committed but never queued, or queued/running with no progress since ``stale_before``.
+
+    The dispatcher re-queues them: a broker outage or a dead worker never loses a study.
+    """
+    rows = session.scalars(
+        select(Job.id)
+        .where(
+            or_(
+                Job.state == JobState.PENDING,
+                Job.state.in_((JobState.QUEUED, JobState.RUNNING))
+                & (Job.updated_at < stale_before),
+            )
+        )
+        .order_by(Job.id)
+        .limit(500)
+    )
+    return list(rows)
+
+
+def reset_stale(*, session: Session, job_id: int) -> None:
+    """A stuck RUNNING/QUEUED job goes back to QUEUED (its worker died or its message is lost)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+        .values(state=JobState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
+    )

@@ -1,0 +1,158 @@
+"""Study assembly and dispatch: quiet studies are routed into jobs, committed jobs are queued.
+
+Runs in the node process on its own thread, never on an association's thread. The database is the
+source of truth: a job is committed before its id is queued, and jobs that were committed but never
+queued (broker down) or that stalled (worker died) are queued again on a later tick.
+"""
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.config import enabled_routes
+from db.deliveries import requeue_delivery, stale_deliveries
+from db.ingest import quiet_studies, study_instances
+from db.jobs import create_job_if_new, mark_queued, requeue_candidates, reset_stale
+from db.models import Job, JobState, StudyState, utcnow
+from db.session import transaction
+from dicom_node.routing import InstanceFacts, StudyFacts, select_inputs
+from radlight.logs import log_context
+
+logger = logging.getLogger(__name__)
+
+
+class JobQueue(Protocol):
+    def enqueue_job(self, job_id: int) -> None: ...
+
+    def enqueue_delivery(self, delivery_id: int) -> None: ...
+
+
+class Assembler:
+    """Turns quiet studies into jobs and keeps every committed job on the queue."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        queue: JobQueue,
+        *,
+        quiet_seconds: float,
+        requeue_after_s: float,
+    ) -> None:
+        self._sessions = sessions
+        self._queue = queue
+        self._quiet = timedelta(seconds=quiet_seconds)
+        self._requeue_after = timedelta(seconds=requeue_after_s)
+
+    def assemble(self) -> list[int]:
+        """Route every study quiet for long enough; returns the ids of new jobs."""
+        created: list[int] = []
+        with transaction(self._sessions) as session:
+            for study in quiet_studies(session=session, received_before=utcnow() - self._quiet):
+                with log_context(study_uid=study.study_instance_uid):
+                    instances = study_instances(session=session, study_id=study.id)
+                    facts = StudyFacts(
+                        called_ae=study.called_ae,
+                        calling_ae=study.calling_ae,
+                        instances=[
+                            InstanceFacts(i.sop_instance_uid, i.sop_class_uid, i.series.modality)
+                            for i in instances
+                        ],
+                    )
+                    matched = False
+                    for route in enabled_routes(session=session):
+                        inputs = select_inputs(route, facts)
+                        if not inputs:
+                            continue
+                        matched = True
+                        job = create_job_if_new(
+                            session=session,
+                            study_id=study.id,
+                            route=route,
+                            sop_instance_uids=inputs,
+                        )
+                        if job is None:
+                            logger.info("route %s: input set already processed", route.name)
+                            continue
+                        session.flush()
+                        created.append(job.id)
+                        logger.info("route %s: job %d created", route.name, job.id)
+                    study.state = StudyState.COMPLETE if matched else StudyState.UNROUTED
+                    study.completed_at = utcnow()
+                    study.reason = None if matched else "no enabled route matched this study"
+        return created
+
+    def dispatch(self) -> int:
+        """Queue committed jobs not yet queued, and re-queue stalled ones; returns how many."""
+        with transaction(self._sessions) as session:
+            job_ids = requeue_candidates(
+                session=session, stale_before=utcnow() - self._requeue_after
+            )
+        sent = 0
+        for job_id in job_ids:
+            with transaction(self._sessions) as session:
+                job = session.get(Job, job_id)
+                if job is None:
+                    continue
+                stale = job.state in (JobState.QUEUED, JobState.RUNNING)
+                try:
+                    self._queue.enqueue_job(job_id)
+                except Exception as exc:  # noqa: BLE001 - any broker error: keep the job, retry later
+                    logger.warning("could not queue job %d, will retry: %s", job_id, exc)
+                    break
+                if stale:
+                    reset_stale(session=session, job_id=job_id)
+                    logger.warning("job %d stalled in %s: queued again", job_id, job.state)
+                else:
+                    mark_queued(session=session, job_id=job_id)
+                sent += 1
+        return sent
+
+    def dispatch_deliveries(self) -> int:
+        """Queue deliveries that were recorded but never queued, or whose sender died."""
+        now = utcnow()
+        with transaction(self._sessions) as session:
+            ids = stale_deliveries(
+                session=session,
+                pending_before=now - timedelta(seconds=60),
+                sending_before=now - self._requeue_after,
+            )
+        sent = 0
+        for delivery_id in ids:
+            try:
+                self._queue.enqueue_delivery(delivery_id)
+            except Exception as exc:  # noqa: BLE001 - any broker error: retry on a later tick
+                logger.warning("could not queue delivery %d, will retry: %s", delivery_id, exc)
+                break
+            with transaction(self._sessions) as session:
+                requeue_delivery(session=session, delivery_id=delivery_id)
+            sent += 1
+        return sent
+
+    def tick(self) -> None:
+        try:
+            self.assemble()
+            self.dispatch()
+            self.dispatch_deliveries()
+        except SQLAlchemyError:
+            logger.exception("assembly tick failed; will try again")
+
+
+class AssemblerThread(threading.Thread):
+    """Calls :meth:`Assembler.tick` every ``interval`` seconds until stopped."""
+
+    def __init__(self, assembler: Assembler, interval: float) -> None:
+        super().__init__(name="radlight-assembler", daemon=True)
+        self._assembler = assembler
+        self._interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._interval):
+            self._assembler.tick()
+
+    def stop(self) -> None:
+        self._stop_event.set()

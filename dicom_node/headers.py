@@ -1,0 +1,123 @@
+"""Reading and checking the header of a received instance, without decoding pixels.
+
+pydicom reads truncated input without complaint, so truncation is detected here: every defined-length
+element must hold as many bytes as it declares, and native Pixel Data must be as long as its
+Rows x Columns x Samples x Bits x Frames say.
+"""
+
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from radlight.errors import (
+    MalformedInstanceError,
+    MissingAttributeError,
+    SOPClassMismatchError,
+)
+from radlight.uids import is_valid_uid
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PIXEL_DATA_TAG = 0x7FE00010
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstanceHeader:
+    """What the node needs to file and route an instance; deliberately no patient data."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    body_part_examined: str | None
+    view_position: str | None
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip()[:limit] or None
+
+
+def _check_element_lengths(ds: Dataset) -> None:
+    for tag, elem in ds._dict.items():
+        if isinstance(elem, RawDataElement) and elem.length != UNDEFINED_LENGTH:
+            actual = len(elem.value or b"")
+            if actual != elem.length:
+                raise MalformedInstanceError(
+                    f"truncated: element {tag:08X} declares {elem.length} bytes, has {actual}"
+                )
+
+
+def _check_native_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
+    if "PixelData" not in ds or transfer_syntax.is_encapsulated:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MalformedInstanceError(f"pixel description is incomplete: {exc}") from exc
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise MalformedInstanceError(
+            f"truncated: Pixel Data has {actual} bytes, {rows}x{cols}x{samples}x{frames} "
+            f"at {bits} bits needs {expected}"
+        )
+
+
+def read_header(
+    encoded: bytes, *, expected_sop_class_uid: str, expected_sop_instance_uid: str
+) -> InstanceHeader:
+    """Parse a Part-10 byte string and check it is a complete, identifiable instance."""
+    try:
+        ds = dcmread(BytesIO(encoded))
+        transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
+        _check_element_lengths(ds)
+        _check_native_pixel_data(ds, transfer_syntax)
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        sop_instance = str(ds.get("SOPInstanceUID", "") or "")
+        study = str(ds.get("StudyInstanceUID", "") or "")
+        series = str(ds.get("SeriesInstanceUID", "") or "")
+        header = InstanceHeader(
+            study_instance_uid=study,
+            series_instance_uid=series,
+            sop_instance_uid=sop_instance,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=str(transfer_syntax),
+            modality=_text(ds, "Modality", 16),
+            body_part_examined=_text(ds, "BodyPartExamined"),
+            view_position=_text(ds, "ViewPosition", 16),
+        )
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, MalformedInstanceError):
+            raise
+        raise MalformedInstanceError(f"cannot parse the data set: {exc}") from exc
+    except AttributeError as exc:
+        raise MalformedInstanceError(f"no file meta information: {exc}") from exc
+
+    for keyword, value in (
+        ("StudyInstanceUID", header.study_instance_uid),
+        ("SeriesInstanceUID", header.series_instance_uid),
+        ("SOPInstanceUID", header.sop_instance_uid),
+        ("SOPClassUID", header.sop_class_uid),
+    ):
+        if not is_valid_uid(value):
+            raise MissingAttributeError(f"{keyword} is missing or not a valid UID")
+    if header.sop_class_uid != expected_sop_class_uid:
+        raise SOPClassMismatchError(
+            f"data set SOP Class {header.sop_class_uid} differs from the request's "
+            f"{expected_sop_class_uid}"
+        )
+    if header.sop_instance_uid != expected_sop_instance_uid:
+        raise SOPClassMismatchError("data set SOP Instance UID differs from the request's")
+    return header

@@ -1,0 +1,228 @@
+"""The storage SCP: C-ECHO and C-STORE handlers and the AE that serves them.
+
+A C-STORE answers Success only after the raw bytes are fsynced in the store and recorded in the
+database. Handlers never raise: every failure becomes a named status, a log line and, where the
+database is reachable, an IngestFailure row with the reason.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.ingest import ReceivedInstance, record_ingest_failure, record_instance
+from db.session import transaction
+from dicom_node.headers import InstanceHeader, read_header
+from dicom_node.status import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_MISSING_REQUIRED_ATTRIBUTE,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_OUT_OF_RESOURCES_TOO_LARGE,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
+)
+from dicom_node.store import InstanceStore, StoredFile
+from radlight.errors import (
+    InvalidInstanceError,
+    MissingAttributeError,
+    SOPClassMismatchError,
+    StoreError,
+    StoreFullError,
+)
+from radlight.logs import log_context
+from radlight.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# pynetdicom would otherwise log every dataset and identifier it handles (patient data).
+_config.LOG_HANDLER_LEVEL = "none"
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+RECORD_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What the C-STORE handler needs, injected once when the server starts."""
+
+    store: InstanceStore
+    sessions: sessionmaker[Session]
+    max_instance_bytes: int
+
+
+def handle_echo(event: Event) -> int:
+    return STATUS_SUCCESS
+
+
+def _status_for(error: InvalidInstanceError) -> int:
+    if isinstance(error, SOPClassMismatchError):
+        return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS
+    if isinstance(error, MissingAttributeError):
+        return STATUS_MISSING_REQUIRED_ATTRIBUTE
+    return STATUS_CANNOT_UNDERSTAND
+
+
+def _refuse(
+    ctx: StoreContext,
+    *,
+    status: int,
+    reason: str,
+    calling_ae: str,
+    request_sop_class: str | None,
+    request_sop_instance: str | None,
+    encoded: bytes | None,
+) -> int:
+    """Record a refusal (bytes kept in quarantine) and return its status; never raises."""
+    quarantine = None
+    if encoded is not None and status != STATUS_OUT_OF_RESOURCES_TOO_LARGE:
+        quarantine = ctx.store.quarantine(encoded, reason_code=f"{status:04X}")
+    logger.warning("refused C-STORE with status 0x%04X: %s", status, reason)
+    try:
+        with transaction(ctx.sessions) as session:
+            record_ingest_failure(
+                session=session,
+                status=status,
+                reason=reason,
+                calling_ae=calling_ae,
+                sop_class_uid=(request_sop_class or "")[:64] or None,
+                sop_instance_uid=(request_sop_instance or "")[:64] or None,
+                quarantine_path=quarantine,
+            )
+    except SQLAlchemyError:
+        logger.exception("could not record the refusal in the database")
+    return status
+
+
+def _record(ctx: StoreContext, received: ReceivedInstance) -> None:
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            with transaction(ctx.sessions) as session:
+                record_instance(received, session=session)
+            return
+        except IntegrityError:
+            # Two associations created the same study or series at once; the retry finds it.
+            if attempt == RECORD_ATTEMPTS:
+                raise
+
+
+def handle_store(event: Event, ctx: StoreContext) -> int:
+    """Persist, record, answer. Runs on the association's thread: no model, no network."""
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    called_ae = str(event.assoc.acceptor.ae_title).strip()
+    request = event.request
+    sop_class = str(request.AffectedSOPClassUID or "")
+    sop_instance = str(request.AffectedSOPInstanceUID or "")
+    with log_context(calling_ae=calling_ae, sop_instance_uid=sop_instance):
+        encoded: bytes | None = None
+        try:
+            encoded = event.encoded_dataset(include_meta=True)
+            if len(encoded) > ctx.max_instance_bytes:
+                return _refuse(
+                    ctx,
+                    status=STATUS_OUT_OF_RESOURCES_TOO_LARGE,
+                    reason=f"instance of {len(encoded)} bytes exceeds the limit of "
+                    f"{ctx.max_instance_bytes}",
+                    calling_ae=calling_ae,
+                    request_sop_class=sop_class,
+                    request_sop_instance=sop_instance,
+                    encoded=None,
+                )
+            header = read_header(
+                encoded, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
+            )
+            stored = ctx.store.write(
+                ctx.store.instance_path(
+                    header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+                ),
+                encoded,
+            )
+            _record(ctx, _received(header, stored, calling_ae, called_ae))
+        except InvalidInstanceError as exc:
+            return _refuse(
+                ctx,
+                status=_status_for(exc),
+                reason=str(exc),
+                calling_ae=calling_ae,
+                request_sop_class=sop_class,
+                request_sop_instance=sop_instance,
+                encoded=encoded,
+            )
+        except StoreFullError as exc:
+            logger.error("store full: %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        except (StoreError, SQLAlchemyError) as exc:
+            logger.exception("could not persist the instance")
+            return _refuse(
+                ctx,
+                status=STATUS_PROCESSING_FAILURE,
+                reason=f"could not persist the instance: {type(exc).__name__}: {exc}",
+                calling_ae=calling_ae,
+                request_sop_class=sop_class,
+                request_sop_instance=sop_instance,
+                encoded=None,
+            )
+        except Exception as exc:
+            logger.exception("unexpected error in the C-STORE handler")
+            return _refuse(
+                ctx,
+                status=STATUS_CANNOT_UNDERSTAND if encoded is None else STATUS_PROCESSING_FAILURE,
+                reason=f"unexpected {type(exc).__name__}: {exc}",
+                calling_ae=calling_ae,
+                request_sop_class=sop_class,
+                request_sop_instance=sop_instance,
+                encoded=encoded,
+            )
+        logger.info("stored instance (%d bytes)", stored.size_bytes)
+        return STATUS_SUCCESS
+
+
+def _received(
+    header: InstanceHeader, stored: StoredFile, calling_ae: str, called_ae: str
+) -> ReceivedInstance:
+    return ReceivedInstance(
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        modality=header.modality,
+        body_part_examined=header.body_part_examined,
+        view_position=header.view_position,
+        relative_path=stored.relative_path,
+        size_bytes=stored.size_bytes,
+        sha256=stored.sha256,
+        calling_ae=calling_ae[:16] or None,
+        called_ae=called_ae[:16] or None,
+    )
+
+
+def make_ae(settings: Settings) -> AE:
+    """The node's AE: every storage SOP class in every transfer syntax, plus Verification."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    ae.acse_timeout = settings.network_timeout_s
+    if settings.allowed_calling_aes:
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def handlers(ctx: StoreContext) -> list[tuple[object, ...]]:
+    return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [ctx])]

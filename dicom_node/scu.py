@@ -1,0 +1,74 @@
+"""C-STORE SCU: send result files to a destination and classify what went wrong.
+
+Transient failures (connection refused, association rejected transiently or aborted, out of
+resources) are worth a retry; the rest are permanent and recorded as such.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+
+from dicom_node.status import is_out_of_resources, is_success_or_warning
+from radlight.errors import PermanentDeliveryError, TransientDeliveryError
+
+logger = logging.getLogger(__name__)
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    ae_title: str
+
+
+def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.0) -> int:
+    """Send one Part-10 file; returns its DIMSE status or raises a DeliveryError."""
+    dataset = dcmread(path)
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout_s
+    ae.dimse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    sop_class = str(dataset.SOPClassUID)
+    ae.add_requested_context(
+        sop_class,
+        [
+            str(dataset.file_meta.TransferSyntaxUID),
+            EXPLICIT_VR_LITTLE_ENDIAN,
+            IMPLICIT_VR_LITTLE_ENDIAN,
+        ],
+    )
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    except OSError as exc:
+        raise TransientDeliveryError(f"cannot reach {peer.host}:{peer.port}: {exc}") from exc
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise TransientDeliveryError(f"association rejected by {peer.ae_title}")
+        raise TransientDeliveryError(
+            f"no association with {peer.ae_title} at {peer.host}:{peer.port}"
+        )
+    try:
+        if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
+            raise PermanentDeliveryError(f"{peer.ae_title} does not accept SOP class {sop_class}")
+        response = assoc.send_c_store(dataset)
+        if not response or "Status" not in response:
+            raise TransientDeliveryError("no C-STORE response (association aborted or timed out)")
+        status = int(response.Status)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if is_success_or_warning(status):
+        return status
+    if is_out_of_resources(status):
+        raise TransientDeliveryError(
+            f"{peer.ae_title} is out of resources (0x{status:04X})", status=status
+        )
+    raise PermanentDeliveryError(
+        f"{peer.ae_title} refused the instance with status 0x{status:04X}", status=status
+    )

@@ -1,0 +1,3 @@
+from radlight.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""The ``radlight`` command: one entry point that starts each process and administers the node.
+
+The CLI is the composition root, so it alone imports the other packages, lazily, inside the command
+that needs them (``radlight`` itself stays free of internal imports at module level).
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from radlight.errors import RadLightError
+from radlight.logs import configure_logging
+from radlight.settings import Settings, load_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from db.migrate import upgrade
+
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    _out("database schema is up to date")
+    return 0
+
+
+def cmd_dicom_node(args: argparse.Namespace, settings: Settings) -> int:
+    from dicom_node.node import DicomNode
+
+    node = DicomNode(settings)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        node.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    node.start()
+    node.wait()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE
+    from workers.tasks import app
+
+    queues = args.queues or f"{QUEUE_INFERENCE},{QUEUE_DELIVERY}"
+    argv = [
+        "worker",
+        f"--loglevel={settings.log_level}",
+        f"--queues={queues}",
+        f"--concurrency={args.concurrency or settings.worker_concurrency}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv=argv)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from services.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Migrate, install the bundled test model if none, and add a default route if none."""
+    from db.config import upsert_route
+    from db.migrate import upgrade
+    from db.models import Route
+    from db.session import make_engine, make_session_factory, transaction
+    from models.export import build_tiny_classifier
+    from models.registry import ModelRegistry
+
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    registry = ModelRegistry(settings.models_dir)
+    if not registry.list():
+        entry = build_tiny_classifier(settings.models_dir)
+        _out(f"installed model {entry.card.name} {entry.card.version} (untrained test model)")
+    model = registry.list()[0].card
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            if session.query(Route).count() == 0:
+                upsert_route(
+                    session=session,
+                    name="chest-xray",
+                    model_name=model.name,
+                    modalities=["CR", "DX"],
+                )
+                _out(f"added route chest-xray (CR, DX) -> {model.name}")
+    finally:
+        engine.dispose()
+    _out(f"data folder: {settings.resolved_data_dir}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Start node, worker and API on this machine and stop them together."""
+    status = cmd_init(args, settings)
+    if status:
+        return status
+    env = dict(os.environ, RADLIGHT_DATA_DIR=str(settings.resolved_data_dir))
+    children = [
+        subprocess.Popen([sys.executable, "-m", "radlight", name], env=env)
+        for name in ("dicom-node", "worker", "api")
+    ]
+    _out(
+        f"RadLight running: DICOM {settings.ae_title}@{settings.dicom_host}:{settings.dicom_port}, "
+        f"API http://{settings.api_host}:{settings.api_port}/api/v1/studies (Ctrl-C stops)"
+    )
+    stopping = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    exit_code = 0
+    for child in children:
+        try:
+            exit_code = max(exit_code, abs(child.wait(timeout=20)))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            exit_code = 1
+    return 0 if stopping else max(exit_code, 1)
+
+
+def cmd_destination_add(args: argparse.Namespace, settings: Settings) -> int:
+    from db.config import upsert_destination
+    from db.session import make_engine, make_session_factory, transaction
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            upsert_destination(
+                session=session,
+                name=args.name,
+                host=args.host,
+                port=args.port,
+                ae_title=args.ae_title,
+            )
+    finally:
+        engine.dispose()
+    _out(f"destination {args.name} -> {args.ae_title}@{args.host}:{args.port}")
+    return 0
+
+
+def cmd_route_add(args: argparse.Namespace, settings: Settings) -> int:
+    from db.config import upsert_route
+    from db.session import make_engine, make_session_factory, transaction
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            upsert_route(
+                session=session,
+                name=args.name,
+                model_name=args.model,
+                model_version=args.model_version,
+                called_ae=args.called_ae,
+                calling_ae=args.calling_ae,
+                modalities=args.modality or None,
+                destination_names=args.destination or (),
+            )
+    finally:
+        engine.dispose()
+    _out(f"route {args.name} -> model {args.model}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """A short account of what the node holds: studies, jobs, results and deliveries."""
+    from sqlalchemy import func, select
+
+    from db.models import Delivery, IngestFailure, Job, Result, Study
+    from db.session import make_engine, make_session_factory
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            for label, model, column in (
+                ("studies", Study, Study.state),
+                ("jobs", Job, Job.state),
+                ("deliveries", Delivery, Delivery.state),
+            ):
+                rows = session.execute(select(column, func.count()).group_by(column)).all()
+                counts = ", ".join(f"{state}: {count}" for state, count in rows) or "none"
+                _out(f"{label}: {counts}")
+                del model
+            failures = session.scalar(select(func.count()).select_from(IngestFailure))
+            _out(f"refused instances: {failures}")
+            for result in session.scalars(select(Result).order_by(Result.id)):
+                path = settings.store_dir / result.relative_path
+                _out(f"result {result.kind}: {path}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radlight", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    add("dicom-node", cmd_dicom_node, "run the DICOM storage SCP and study assembler")
+    worker = add("worker", cmd_worker, "run a Celery worker")
+    worker.add_argument("--queues", help="comma-separated queue names (default: all)")
+    worker.add_argument("--concurrency", type=int, help="worker processes")
+    worker.add_argument("--hostname", help="Celery node name")
+    add("api", cmd_api, "run the REST API and dashboard")
+    add("init", cmd_init, "migrate and install defaults (model, route)")
+    add("run", cmd_run, "run node, worker and API together on this machine")
+    add("status", cmd_status, "summarise studies, jobs, results and deliveries")
+
+    dest = sub.add_parser("destinations", help="result destinations").add_subparsers(
+        dest="dest_cmd", required=True
+    )
+    dest_add = dest.add_parser("add", help="add or update a destination")
+    dest_add.set_defaults(func=cmd_destination_add)
+    dest_add.add_argument("name")
+    dest_add.add_argument("--host", required=True)
+    dest_add.add_argument("--port", type=int, required=True)
+    dest_add.add_argument("--ae-title", required=True)
+
+    routes = sub.add_parser("routes", help="routing rules").add_subparsers(
+        dest="route_cmd", required=True
+    )
+    route_add = routes.add_parser("add", help="add or update a route")
+    route_add.set_defaults(func=cmd_route_add)
+    route_add.add_argument("name")
+    route_add.add_argument("--model", required=True)
+    route_add.add_argument("--model-version")
+    route_add.add_argument("--called-ae")
+    route_add.add_argument("--calling-ae")
+    route_add.add_argument("--modality", action="append")
+    route_add.add_argument("--destination", action="append")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        sys.stderr.write(f"radlight: invalid settings: {exc}\n")
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    func: Command = args.func
+    try:
+        return func(args, settings)
+    except RadLightError as exc:
+        sys.stderr.write(f"radlight: {exc}\n")
+        return 1

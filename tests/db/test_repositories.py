@@ -1,0 +1,132 @@
+"""Repository behaviour on SQLite and PostgreSQL: idempotent ingest, one job per input set, claims."""
+
+from dataclasses import replace
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.config import upsert_destination, upsert_route
+from db.deliveries import claim_delivery, ensure_deliveries, stale_deliveries
+from db.ingest import ReceivedInstance, quiet_studies, record_instance
+from db.jobs import claim_job, create_job_if_new, input_hash, requeue_candidates
+from db.models import Instance, Job, JobState, Result, ResultKind, Study, StudyState, utcnow
+from db.session import transaction
+
+RECEIVED = ReceivedInstance(
+    study_instance_uid="1.2.3",
+    series_instance_uid="1.2.3.4",
+    sop_instance_uid="1.2.3.4.5",
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+    transfer_syntax_uid="1.2.840.10008.1.2.1",
+    modality="DX",
+    body_part_examined="CHEST",
+    view_position="PA",
+    relative_path="instances/1.2.3/1.2.3.4/1.2.3.4.5.dcm",
+    size_bytes=10,
+    sha256="0" * 64,
+    calling_ae="PACS",
+    called_ae="RADLIGHT",
+)
+
+
+def test_record_instance_is_idempotent_and_counts_resends(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        first = record_instance(RECEIVED, session=session)
+    with transaction(sessions) as session:
+        second = record_instance(RECEIVED, session=session)
+        other = record_instance(replace(RECEIVED, sop_instance_uid="1.2.3.4.6"), session=session)
+    assert not first.duplicate
+    assert second.duplicate
+    assert second.instance_id == first.instance_id
+    assert other.study_id == first.study_id
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.instance_count == 2
+        assert session.get(Instance, first.instance_id).received_count == 2  # type: ignore[union-attr]
+
+
+def test_quiet_studies_waits_for_silence(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        record_instance(RECEIVED, session=session)
+    with transaction(sessions) as session:
+        assert quiet_studies(session=session, received_before=utcnow() - timedelta(seconds=60)) == []
+        ready = quiet_studies(session=session, received_before=utcnow() + timedelta(seconds=1))
+        assert [s.study_instance_uid for s in ready] == ["1.2.3"]
+        ready[0].state = StudyState.COMPLETE
+    with transaction(sessions) as session:
+        record_instance(RECEIVED, session=session)  # a late or repeated instance re-opens it
+        assert session.scalars(select(Study.state)).one() == StudyState.RECEIVING
+
+
+def test_one_job_per_input_set_and_a_single_claim(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        outcome = record_instance(RECEIVED, session=session)
+        route = upsert_route(session=session, name="chest", model_name="m", modalities=["dx"])
+        job = create_job_if_new(
+            session=session, study_id=outcome.study_id, route=route, sop_instance_uids=["1.2.3.4.5"]
+        )
+        assert job is not None
+        again = create_job_if_new(
+            session=session, study_id=outcome.study_id, route=route, sop_instance_uids=["1.2.3.4.5"]
+        )
+        assert again is None
+        assert route.modalities == "DX"
+    with transaction(sessions) as session:
+        assert claim_job(session=session, job_id=job.id)
+    with transaction(sessions) as session:
+        assert not claim_job(session=session, job_id=job.id)
+        stored = session.get(Job, job.id)
+        assert stored is not None
+        assert stored.state == JobState.RUNNING
+        assert stored.attempts == 1
+        assert stored.input_sop_instance_uids == ["1.2.3.4.5"]
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_input_hash_ignores_order_and_repeats() -> None:
+    assert input_hash(["2", "1", "1"]) == input_hash(["1", "2"])
+    assert input_hash(["1"]) != input_hash(["1", "2"])
+
+
+def test_stalled_jobs_and_deliveries_are_found(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        outcome = record_instance(RECEIVED, session=session)
+        route = upsert_route(session=session, name="chest", model_name="m")
+        job = create_job_if_new(
+            session=session, study_id=outcome.study_id, route=route, sop_instance_uids=["1.2.3.4.5"]
+        )
+        assert job is not None
+        session.flush()
+        destination = upsert_destination(
+            session=session, name="pacs", host="127.0.0.1", port=104, ae_title="PACS"
+        )
+        result = Result(
+            job_id=job.id,
+            kind=ResultKind.FINDINGS_SR,
+            sop_instance_uid="2.25.1",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+            series_instance_uid="2.25.2",
+            relative_path="results/x.dcm",
+            model_name="m",
+            model_version="1",
+        )
+        session.add(result)
+        session.flush()
+        (delivery,) = ensure_deliveries(session=session, result=result, destinations=[destination])
+        assert ensure_deliveries(session=session, result=result, destinations=[destination]) == [
+            delivery
+        ]
+    with transaction(sessions) as session:
+        # PENDING jobs are always candidates: committed but maybe never queued.
+        assert requeue_candidates(session=session, stale_before=utcnow()) == [job.id]
+        assert claim_job(session=session, job_id=job.id)
+    with transaction(sessions) as session:
+        assert requeue_candidates(session=session, stale_before=utcnow() - timedelta(hours=1)) == []
+        later = utcnow() + timedelta(hours=1)
+        assert requeue_candidates(session=session, stale_before=later) == [job.id]
+        assert stale_deliveries(session=session, pending_before=later, sending_before=later) == [
+            delivery.id
+        ]
+        assert claim_delivery(session=session, delivery_id=delivery.id)
+        assert not claim_delivery(session=session, delivery_id=delivery.id)

@@ -1,0 +1,245 @@
+"""Real peers for integration tests: Orthanc, the radlight processes, ports, databases."""
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ORTHANC = "/usr/sbin/Orthanc"
+STORESCU = "/usr/bin/storescu"
+ECHOSCU = "/usr/bin/echoscu"
+DCIODVFY = "/usr/bin/dciodvfy"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RADLIGHT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("RADLIGHT_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.25, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+
+
+def dicom_env() -> dict[str, str]:
+    """dcmtk and Orthanc from Debian stall on large images without TCP_NODELAY."""
+    return dict(os.environ, TCP_NODELAY="1")
+
+
+@dataclass
+class Orthanc:
+    dicom_port: int
+    http_port: int
+    ae_title: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.url + path, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def get_bytes(self, path: str) -> bytes:
+        response = httpx.get(self.url + path, timeout=30)
+        response.raise_for_status()
+        return response.content
+
+
+@contextlib.contextmanager
+def run_orthanc(workdir: Path, ae_title: str = "ORTHANC") -> Iterator[Orthanc]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    config = {
+        "Name": "radlight-test-pacs",
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "DicomAet": ae_title,
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": True,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "HttpsVerifyPeers": False,
+        "Plugins": [],
+        "StableAge": 1,
+    }
+    config_path = workdir / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log = (workdir / "orthanc.log").open("wb")
+    process = subprocess.Popen(
+        [ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=dicom_env()
+    )
+    orthanc = Orthanc(dicom_port, http_port, ae_title, process)
+    try:
+
+        def _up() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(workdir / 'orthanc.log').read_text()}")
+            try:
+                return httpx.get(orthanc.url + "/system", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(_up, timeout=30, what="Orthanc")
+        yield orthanc
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    name = f"radlight_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def radlight(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """Run the real ``radlight`` CLI; fail with its output if it fails."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "radlight", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise AssertionError(
+            f"radlight {' '.join(args)} exited {completed.returncode}:\n"
+            f"{completed.stdout}\n{completed.stderr}"
+        )
+    return completed.stdout
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def assert_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited {self.process.returncode}:\n{self.log()}")
+
+
+@contextlib.contextmanager
+def radlight_service(env: dict[str, str], workdir: Path, *args: str) -> Iterator[Service]:
+    """Start ``radlight ARGS`` as its own process and stop it (SIGTERM, then kill) afterwards."""
+    name = "-".join(args)
+    log_path = workdir / f"{name}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radlight", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    service = Service(name, process, log_path)
+    try:
+        yield service
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def echo_ok(port: int, called_ae: str = "RADLIGHT") -> bool:
+    completed = subprocess.run(
+        [ECHOSCU, "-aec", called_ae, "127.0.0.1", str(port)],
+        capture_output=True,
+        env=dicom_env(),
+        timeout=30,
+        check=False,
+    )
+    return completed.returncode == 0
+
+
+def storescu(
+    port: int,
+    *files: Path,
+    called_ae: str = "RADLIGHT",
+    calling_ae: str = "PACS",
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            STORESCU,
+            *extra,
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            "127.0.0.1",
+            str(port),
+            *(str(f) for f in files),
+        ],
+        capture_output=True,
+        text=True,
+        env=dicom_env(),
+        timeout=120,
+        check=False,
+    )
+
+
+def dciodvfy_errors(path: Path) -> tuple[list[str], str]:
+    """dciodvfy's error lines for ``path`` and its whole output."""
+    completed = subprocess.run(
+        [DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    output = completed.stdout + completed.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    return errors, output
+
+
+def require_tools() -> None:
+    missing = [tool for tool in (ORTHANC, STORESCU, ECHOSCU, DCIODVFY) if not shutil.which(tool)]
+    if missing:
+        raise AssertionError(f"missing tools {missing}: run .ci/run or `make setup`")
