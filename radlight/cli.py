@@ -18,6 +18,7 @@ from radlight.logs import configure_logging
 from radlight.settings import Settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
+BUNDLED_MODELS = ("densenet121-untrained", "tiny")
 
 
 def _out(text: str) -> None:
@@ -83,22 +84,41 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _install_built(settings: Settings, kind: str) -> str:
+    """Build a bundled model (``tiny`` or ``densenet121-untrained``) and install it."""
+    import tempfile
+    from pathlib import Path
+
+    from models.export import build_tiny_classifier, build_untrained_chexnet
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        builder = build_tiny_classifier if kind == "tiny" else build_untrained_chexnet
+        built = builder(Path(tmp))
+        entry = registry.install(built.onnx_path, built.card)
+    return f"{entry.name} {entry.version}"
+
+
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    """Migrate, install the bundled test model if none, and add a default route if none."""
+    """Migrate, install a bundled model if none, and add a default route if none."""
     from db.config import upsert_route
     from db.migrate import upgrade
     from db.models import Route
     from db.session import make_engine, make_session_factory, transaction
-    from models.export import build_tiny_classifier
     from models.registry import ModelRegistry
 
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
     registry = ModelRegistry(settings.models_dir)
     if not registry.list():
-        entry = build_tiny_classifier(settings.models_dir)
-        _out(f"installed model {entry.card.name} {entry.card.version} (untrained test model)")
-    model = registry.list()[0].card
+        kind = getattr(args, "model", None) or "densenet121-untrained"
+        try:
+            installed = _install_built(settings, kind)
+        except ImportError:  # torch (export extra) not installed: the tiny graph needs none
+            installed = _install_built(settings, "tiny")
+        _out(f"installed model {installed} (UNTRAINED: scores are meaningless)")
+    model = registry.list()[0]
     engine = make_engine(settings.effective_database_url)
     try:
         with transaction(make_session_factory(engine)) as session:
@@ -113,6 +133,20 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         engine.dispose()
     _out(f"data folder: {settings.resolved_data_dir}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
+    from models.registry import ModelRegistry
+
+    for entry in ModelRegistry(settings.models_dir).list():
+        trained = "trained" if entry.card.trained else "UNTRAINED"
+        _out(f"{entry.name} {entry.version} {entry.sha256[:12]} {trained}")
+    return 0
+
+
+def cmd_models_build(args: argparse.Namespace, settings: Settings) -> int:
+    _out(f"installed {_install_built(settings, args.kind)}")
     return 0
 
 
@@ -242,9 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, help="worker processes")
     worker.add_argument("--hostname", help="Celery node name")
     add("api", cmd_api, "run the REST API and dashboard")
-    add("init", cmd_init, "migrate and install defaults (model, route)")
+    init = add("init", cmd_init, "migrate and install defaults (model, route)")
+    init.add_argument("--model", choices=BUNDLED_MODELS, help="bundled model to install if none")
     add("run", cmd_run, "run node, worker and API together on this machine")
     add("status", cmd_status, "summarise studies, jobs, results and deliveries")
+
+    models = sub.add_parser("models", help="model registry").add_subparsers(
+        dest="models_cmd", required=True
+    )
+    models.add_parser("list", help="installed models").set_defaults(func=cmd_models_list)
+    build = models.add_parser("build", help="build and install a bundled model")
+    build.set_defaults(func=cmd_models_build)
+    build.add_argument("kind", choices=BUNDLED_MODELS)
 
     dest = sub.add_parser("destinations", help="result destinations").add_subparsers(
         dest="dest_cmd", required=True

@@ -6,7 +6,7 @@ Both producers and workers build their Celery app here, so broker settings canno
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from radlight.contracts import (
     QUEUE_DELIVERY,

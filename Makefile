@@ -1,0 +1,53 @@
+# One entry point per common action, used the same way on a laptop and in CI.
+# `make demo` and `make test` each do all set-up first on a fresh Debian machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := dcmtk orthanc dicom3tools
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages venv demo test lint typecheck pytest bench clean
+
+setup: system-packages venv
+
+system-packages:
+	@missing=""; \
+	for tool in /usr/bin/storescu /usr/sbin/Orthanc /usr/bin/dciodvfy; do \
+	  [ -x $$tool ] || missing="yes"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+venv: $(VENV)/.installed
+
+# torch is pinned to the CPU build and installed first, so nothing pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,export]'
+	touch $@
+
+demo: setup
+	$(PY) scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(PY) scripts/check_services.py
+	$(PY) -m pytest
+
+test: setup lint typecheck pytest
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf radlight-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""What a worker process needs, built once per process (after the prefork fork)."""
+
+from dataclasses import dataclass
+from functools import cache
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import make_engine, make_session_factory
+from dicom_node.store import InstanceStore
+from models.registry import ModelRegistry
+from radlight.queue import TaskProducer
+from radlight.settings import Settings, load_settings
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: InstanceStore
+    registry: ModelRegistry
+    producer: TaskProducer
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    engine = make_engine(settings.effective_database_url)
+    return WorkerContext(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        store=InstanceStore(settings.store_dir),
+        registry=ModelRegistry(settings.models_dir),
+        producer=TaskProducer(settings),
+    )
+
+
+@cache
+def process_context() -> WorkerContext:
+    """The context of this worker process, created lazily so that it is never shared by a fork."""
+    return build_context(load_settings())

@@ -1,0 +1,79 @@
+"""From a stored DICOM instance to a windowed 8-bit frontal chest image, or a reason why not.
+
+Decoding covers every transfer syntax pydicom can decode with the pylibjpeg and gdcm plugins.
+"""
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+from radlight.errors import NotAnalysableError
+
+CHEST_MODALITIES = frozenset({"CR", "DX"})
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "PORT CHEST"})
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"})
+MIN_SIDE = 64
+MAX_SIDE = 8192
+
+
+def check_frontal_chest(ds: Dataset) -> None:
+    """Raise NotAnalysableError unless ``ds`` looks like a frontal chest radiograph.
+
+    Absent attributes are tolerated (many archives leave ViewPosition and BodyPartExamined empty);
+    present ones that say otherwise are respected.
+    """
+    if "PixelData" not in ds:
+        raise NotAnalysableError("the instance has no pixel data")
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality not in CHEST_MODALITIES:
+        raise NotAnalysableError(f"modality {modality or 'missing'} is not CR or DX")
+    body_part = str(ds.get("BodyPartExamined", "") or "").upper()
+    if body_part and body_part not in CHEST_BODY_PARTS:
+        raise NotAnalysableError(f"body part {body_part} is not the chest")
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    if view in LATERAL_VIEWS:
+        raise NotAnalysableError(f"view position {view} is lateral; the model reads frontal views")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise NotAnalysableError("colour images are not radiographs the model reads")
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise NotAnalysableError("multi-frame images are not supported")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if not (MIN_SIDE <= rows <= MAX_SIDE and MIN_SIDE <= cols <= MAX_SIDE):
+        raise NotAnalysableError(f"image size {rows}x{cols} is outside {MIN_SIDE}..{MAX_SIDE}")
+
+
+def to_display_uint8(ds: Dataset) -> NDArray[np.uint8]:
+    """Decode, apply modality and VOI LUTs, invert MONOCHROME1, scale to 0..255."""
+    try:
+        pixels = ds.pixel_array
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError) as exc:
+        raise NotAnalysableError(f"the pixel data cannot be decoded: {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise NotAnalysableError(f"photometric interpretation {photometric} is not greyscale")
+    bits_stored = int(ds.get("BitsStored", 8) or 8)
+    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
+    if bits_stored <= 8 and not has_voi and "ModalityLUTSequence" not in ds:
+        image = pixels.astype(np.float32)
+        low, high = 0.0, float(2**bits_stored - 1)
+    else:
+        values = apply_modality_lut(pixels, ds)
+        if has_voi:
+            values = apply_voi_lut(values, ds, index=0)
+            low, high = float(np.min(values)), float(np.max(values))
+        else:
+            low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
+        image = np.asarray(values, dtype=np.float32)
+    if high <= low:
+        raise NotAnalysableError("the image has no contrast (constant pixel values)")
+    scaled = np.clip((image - low) / (high - low), 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    display: NDArray[np.uint8] = np.round(scaled * 255.0).astype(np.uint8)
+    return display
+
+
+def load_frontal_chest(ds: Dataset) -> NDArray[np.uint8]:
+    check_frontal_chest(ds)
+    return to_display_uint8(ds)

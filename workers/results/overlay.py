@@ -1,0 +1,215 @@
+"""Pixels of the heatmap overlay: a jet colour map, the blend, and the burned-in legend band.
+
+numpy and Pillow only (no matplotlib on the worker). Everything here is deterministic: the same
+arrays and text give the same pixels.
+"""
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw, ImageFont
+
+import radlight
+
+# Opacity of the colour where the heatmap is 1; it falls to 0 where the heatmap is 0, so regions
+# the model ignored keep their plain grey image.
+MAX_ALPHA = 0.5
+HEATMAP_TOLERANCE = 1e-6
+MIN_FONT_PX = 10
+MAX_FONT_PX = 48
+
+_BAND_BACKGROUND = (24, 24, 24)
+_RULE = (255, 255, 255)
+_TITLE = (255, 255, 255)
+_DETAIL = (200, 200, 200)
+_WARNING = (255, 191, 0)
+_ELLIPSIS = "..."
+
+
+def _jet(values: NDArray[np.float64]) -> NDArray[np.uint8]:
+    """The classic piecewise-linear jet map (blue, cyan, yellow, red) for values in [0, 1]."""
+    centres = np.array([3.0, 2.0, 1.0])  # red, green, blue peak at 3/4, 1/2, 1/4
+    rgb = np.clip(1.5 - np.abs(4.0 * values[..., None] - centres), 0.0, 1.0)
+    lut: NDArray[np.uint8] = np.rint(rgb * 255.0).astype(np.uint8)
+    return lut
+
+
+JET_LUT: NDArray[np.uint8] = _jet(np.linspace(0.0, 1.0, 256))
+"""256 x 3 lookup table: index ``round(255 * value)``."""
+
+
+def check_heatmap(heatmap: object, shape: tuple[int, int]) -> NDArray[np.floating]:
+    """A finite 2-D float heatmap of ``shape`` in [0, 1], or ValueError.
+
+    Interpolation rounding up to ``HEATMAP_TOLERANCE`` outside [0, 1] is clipped, not refused.
+    """
+    if not isinstance(heatmap, np.ndarray):
+        raise TypeError("heatmap must be a numpy array")
+    if heatmap.dtype.kind != "f":
+        raise TypeError(f"heatmap must be a float array, got {heatmap.dtype}")
+    if heatmap.shape != shape:
+        raise ValueError(f"heatmap shape {heatmap.shape} differs from the image's {shape}")
+    if not np.all(np.isfinite(heatmap)):
+        raise ValueError("heatmap contains NaN or infinite values")
+    low, high = float(heatmap.min()), float(heatmap.max())
+    if low < -HEATMAP_TOLERANCE or high > 1.0 + HEATMAP_TOLERANCE:
+        raise ValueError(f"heatmap values must be in [0, 1], got [{low:.6g}, {high:.6g}]")
+    if low < 0.0 or high > 1.0:
+        clipped: NDArray[np.floating] = np.clip(heatmap, 0.0, 1.0)
+        return clipped
+    return heatmap
+
+
+def check_display_image(display_image: object) -> NDArray[np.uint8]:
+    """A 2-D uint8 greyscale (MONOCHROME2) image, or TypeError/ValueError."""
+    if not isinstance(display_image, np.ndarray):
+        raise TypeError("display_image must be a numpy array")
+    if display_image.dtype != np.uint8:
+        raise TypeError(f"display_image must be uint8, got {display_image.dtype}")
+    if display_image.ndim != 2 or 0 in display_image.shape:
+        raise ValueError(f"display_image must be a non-empty 2-D array, got {display_image.shape}")
+    return display_image
+
+
+def apply_colormap(heatmap: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """RGB colours (H x W x 3, uint8) of a [0, 1] heatmap through the jet lookup table."""
+    index = np.rint(np.asarray(heatmap, dtype=np.float64) * 255.0).astype(np.intp)
+    colours: NDArray[np.uint8] = JET_LUT[np.clip(index, 0, 255)]
+    return colours
+
+
+def blend_heatmap(
+    display_image: NDArray[np.uint8], heatmap: NDArray[np.floating]
+) -> NDArray[np.uint8]:
+    """The grey image with the heatmap's colours laid over it, opacity growing with the heatmap."""
+    grey = display_image.astype(np.float32)[..., None]
+    colour = apply_colormap(heatmap).astype(np.float32)
+    alpha = (np.asarray(heatmap, dtype=np.float32) * np.float32(MAX_ALPHA))[..., None]
+    blended = grey * (np.float32(1.0) - alpha) + colour * alpha
+    rgb: NDArray[np.uint8] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return rgb
+
+
+@dataclass(frozen=True)
+class LegendText:
+    """What the legend says, top to bottom; the warning line is never shortened."""
+
+    title: str
+    detail: str
+    warning: str = radlight.NOT_FOR_PRIMARY_DIAGNOSIS
+
+
+@functools.lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled scalable font; without FreeType it would be a fixed 11 px bitmap font."""
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise RuntimeError("Pillow lacks FreeType support: the legend would not scale")
+    return font
+
+
+def _fits(font: ImageFont.FreeTypeFont, text: str, width: float) -> bool:
+    return font.getlength(text) <= width
+
+
+def _shorten(font: ImageFont.FreeTypeFont, text: str, width: float) -> str:
+    """``text`` cut at the end with an ellipsis so that it fits ``width`` pixels."""
+    if _fits(font, text, width):
+        return text
+    for end in range(len(text) - 1, 0, -1):
+        candidate = text[:end].rstrip() + _ELLIPSIS
+        if _fits(font, candidate, width):
+            return candidate
+    return _ELLIPSIS
+
+
+def font_size_for_width(width: int) -> int:
+    """A legend font size that stays readable when a viewer scales the image to fit a screen."""
+    return max(MIN_FONT_PX, min(MAX_FONT_PX, round(width / 32)))
+
+
+def render_legend(width: int, text: LegendText) -> NDArray[np.uint8]:
+    """A band (rows x ``width`` x 3) with the legend text and, when there is room, a colour bar.
+
+    The font shrinks until the lines fit; below ``MIN_FONT_PX`` the title and detail are shortened
+    with an ellipsis, and a band too narrow for the whole warning line is refused (ValueError).
+    """
+    if width < 1:
+        raise ValueError("legend width must be positive")
+    size = font_size_for_width(width)
+    pad = max(4, size // 2)
+    with_bar = width >= 320
+    bar_width = width // 5 if with_bar else 0
+    text_width = width - 2 * pad - (bar_width + pad if with_bar else 0)
+    lines: Sequence[str] = (text.title, text.detail, text.warning)
+    font = _font(size)
+    while size > MIN_FONT_PX and not all(_fits(font, line, text_width) for line in lines):
+        size -= 1
+        font = _font(size)
+    if not _fits(font, text.warning, text_width):
+        raise ValueError(f"image is {width} pixels wide: too narrow for a readable legend")
+    title = _shorten(font, text.title, text_width)
+    detail = _shorten(font, text.detail, text_width)
+
+    ascent, descent = font.getmetrics()
+    line_height = ascent + descent + max(2, size // 4)
+    rule = max(1, size // 12)
+    height = rule + pad + 3 * line_height + pad
+    band = Image.new("RGB", (width, height), _BAND_BACKGROUND)
+    draw = ImageDraw.Draw(band)
+    draw.rectangle((0, 0, width - 1, rule - 1), fill=_RULE)
+    y = rule + pad
+    for line, colour in ((title, _TITLE), (detail, _DETAIL), (text.warning, _WARNING)):
+        draw.text((pad, y), line, font=font, fill=colour)
+        y += line_height
+    if with_bar:
+        _draw_colour_bar(
+            band,
+            font,
+            left=width - pad - bar_width,
+            top=rule + pad,
+            size=size,
+            bar_width=bar_width,
+            line_height=line_height,
+        )
+    return np.asarray(band, dtype=np.uint8).copy()
+
+
+def _draw_colour_bar(
+    band: Image.Image,
+    font: ImageFont.FreeTypeFont,
+    *,
+    left: int,
+    top: int,
+    size: int,
+    bar_width: int,
+    line_height: int,
+) -> None:
+    """The jet scale from 0 to 1, so a reader can tell which colours mean a strong response."""
+    bar_top = top + line_height // 4
+    gradient = JET_LUT[np.rint(np.linspace(0.0, 255.0, bar_width)).astype(np.intp)]
+    strip = np.ascontiguousarray(np.repeat(gradient[None, :, :], line_height, axis=0))
+    band.paste(Image.fromarray(strip), (left, bar_top))
+    draw = ImageDraw.Draw(band)
+    label_y = bar_top + line_height + max(2, size // 4)
+    caption = "heatmap"
+    draw.text((left, label_y), "0", font=font, fill=_DETAIL)
+    draw.text(
+        (left + (bar_width - font.getlength(caption)) / 2, label_y),
+        caption,
+        font=font,
+        fill=_DETAIL,
+    )
+    draw.text((left + bar_width - font.getlength("1"), label_y), "1", font=font, fill=_DETAIL)
+
+
+def compose_overlay(
+    display_image: NDArray[np.uint8], heatmap: NDArray[np.floating], text: LegendText
+) -> NDArray[np.uint8]:
+    """The blended image with the legend band appended below it (rows grow, columns stay)."""
+    blended = blend_heatmap(display_image, heatmap)
+    band = render_legend(display_image.shape[1], text)
+    return np.ascontiguousarray(np.concatenate([blended, band], axis=0))

@@ -1,0 +1,64 @@
+"""The Celery app of the workers and its thin tasks: parse, bind log context, call, map errors.
+
+Start with ``radlight worker``; the app reads its settings from the environment once per process.
+"""
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+from sqlalchemy.exc import OperationalError
+
+from db.jobs import release_for_retry
+from db.models import DeliveryState
+from db.session import transaction
+from radlight.contracts import TASK_DELIVER, TASK_PROCESS_JOB, DeliverPayload, ProcessJobPayload
+from radlight.errors import StoreError
+from radlight.logs import configure_logging, log_context
+from radlight.queue import make_celery
+from radlight.settings import load_settings
+from workers.context import process_context
+from workers.delivery import deliver_result
+from workers.pipeline import run_job
+
+logger = logging.getLogger(__name__)
+
+_settings = load_settings()
+app = make_celery(_settings, name="radlight-worker")
+
+JOB_RETRY_DELAYS_S = (5, 30, 120)
+
+
+@worker_process_init.connect
+def _configure_child(**_: Any) -> None:
+    configure_logging(_settings.log_level, _settings.log_json)
+
+
+@app.task(name=TASK_PROCESS_JOB, bind=True, max_retries=len(JOB_RETRY_DELAYS_S))
+def process_job(self: Task, **kwargs: Any) -> None:
+    payload = ProcessJobPayload.model_validate(kwargs)
+    ctx = process_context()
+    with log_context(job_id=payload.job_id, task_id=self.request.id):
+        try:
+            run_job(payload.job_id, ctx)
+        except (OperationalError, StoreError) as exc:
+            # The database or the store hiccuped: the job goes back in line and is tried again.
+            logger.warning("job %d hit a transient error: %s", payload.job_id, exc)
+            try:
+                with transaction(ctx.sessions) as session:
+                    release_for_retry(session=session, job_id=payload.job_id, reason=str(exc))
+            except OperationalError:
+                logger.exception("could not release job %d; the dispatcher will", payload.job_id)
+            delay = JOB_RETRY_DELAYS_S[min(self.request.retries, len(JOB_RETRY_DELAYS_S) - 1)]
+            raise self.retry(exc=exc, countdown=delay) from exc
+
+
+@app.task(name=TASK_DELIVER, bind=True, max_retries=None)
+def deliver(self: Task, **kwargs: Any) -> None:
+    payload = DeliverPayload.model_validate(kwargs)
+    ctx = process_context()
+    with log_context(delivery_id=payload.delivery_id, task_id=self.request.id):
+        outcome = deliver_result(payload.delivery_id, ctx)
+        if outcome.state is DeliveryState.RETRYING and outcome.retry_in_s is not None:
+            raise self.retry(countdown=outcome.retry_in_s)
