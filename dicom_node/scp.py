@@ -7,6 +7,7 @@ database is reachable, an IngestFailure row with the reason.
 
 import logging
 from dataclasses import dataclass
+from typing import Any, cast
 
 from pynetdicom import (
     AE,
@@ -15,6 +16,7 @@ from pynetdicom import (
     _config,
     evt,
 )
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -121,7 +123,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     """Persist, record, answer. Runs on the association's thread: no model, no network."""
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     called_ae = str(event.assoc.acceptor.ae_title).strip()
-    request = event.request
+    request = cast(C_STORE, event.request)
     sop_class = str(request.AffectedSOPClassUID or "")
     sop_instance = str(request.AffectedSOPInstanceUID or "")
     with log_context(calling_ae=calling_ae, sop_instance_uid=sop_instance):
@@ -219,10 +221,10 @@ def make_ae(settings: Settings) -> AE:
     if settings.allowed_calling_aes:
         ae.require_calling_aet = list(settings.allowed_calling_aes)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
-def handlers(ctx: StoreContext) -> list[tuple[object, ...]]:
+def handlers(ctx: StoreContext) -> list[Any]:
     return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [ctx])]

@@ -50,7 +50,9 @@ def test_quiet_studies_waits_for_silence(sessions: sessionmaker[Session]) -> Non
     with transaction(sessions) as session:
         record_instance(RECEIVED, session=session)
     with transaction(sessions) as session:
-        assert quiet_studies(session=session, received_before=utcnow() - timedelta(seconds=60)) == []
+        assert (
+            quiet_studies(session=session, received_before=utcnow() - timedelta(seconds=60)) == []
+        )
         ready = quiet_studies(session=session, received_before=utcnow() + timedelta(seconds=1))
         assert [s.study_instance_uid for s in ready] == ["1.2.3"]
         ready[0].state = StudyState.COMPLETE

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import UID, JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
@@ -57,7 +57,8 @@ def test_storescu_real_files_are_stored_byte_for_byte(
         for instance in instances:
             stored = node.store.absolute(instance.relative_path)
             original = next(
-                f for f in real_dicom_files
+                f
+                for f in real_dicom_files
                 if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
                 == instance.sop_instance_uid
             )
@@ -163,9 +164,9 @@ def test_hostile_uid_is_refused_and_kept_in_quarantine(node: DicomNode, tmp_path
     ds.StudyInstanceUID = "1.2.3"
     ds.SeriesInstanceUID = "1.2.3.4"
     ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2")
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3")
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     bogus.write_bytes(buffer.getvalue())
