@@ -6,7 +6,7 @@ Both producers and workers build their Celery app here, so broker settings canno
 from typing import Any
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from radlight.contracts import (
     QUEUE_DELIVERY,
@@ -32,8 +32,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "task_default_queue": QUEUE_INFERENCE,
-        "task_queues": [Queue(QUEUE_INFERENCE), Queue(QUEUE_DELIVERY)],
-        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        "task_default_exchange": QUEUE_INFERENCE,
+        "task_default_routing_key": QUEUE_INFERENCE,
+        # One direct exchange and routing key per queue, so a message lands in exactly one queue.
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (QUEUE_INFERENCE, QUEUE_DELIVERY)
+        ],
+        "task_routes": {
+            name: {"queue": queue, "exchange": queue, "routing_key": queue}
+            for name, queue in TASK_QUEUES.items()
+        },
         "task_create_missing_queues": False,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,

@@ -208,9 +208,12 @@ def main() -> int:
             raise SystemExit("storescu failed")
 
         def finished() -> list[dict[str, Any]] | None:
+            """All jobs final, and every delivery of their results sent or failed."""
             jobs: list[dict[str, Any]] = httpx.get(api + "/api/v1/jobs", timeout=5).json()["items"]
             done = [j for j in jobs if j["state"] in ("succeeded", "not_analysed", "failed")]
-            return jobs if jobs and len(done) == len(jobs) else None
+            deliveries = [d for j in jobs for r in j["results"] for d in r["deliveries"]]
+            moving = [d for d in deliveries if d["state"] not in ("sent", "failed")]
+            return jobs if jobs and len(done) == len(jobs) and not moving else None
 
         jobs = wait(finished, 300, "the jobs to finish")
         for job in jobs:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from db.migrate import current_revision, head_revision
-from db.models import Job, JobState, Study, StudyState
+from db.models import DeliveryState, Job, JobState, Result, Study, StudyState
 from db.session import make_engine, make_session_factory
 from radlight import NOT_FOR_PRIMARY_DIAGNOSIS, __version__
 from radlight.settings import Settings
@@ -31,6 +31,8 @@ def get_session(request: Request) -> Iterator[Session]:
     with factory() as session:
         yield session
 
+
+_WITH_RESULTS = selectinload(Job.results).selectinload(Result.deliveries)
 
 SessionDep = Annotated[Session, Depends(get_session)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
@@ -50,6 +52,17 @@ class StudyOut(BaseModel):
     reason: str | None
 
 
+class DeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    destination_id: int
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    reason: str | None
+    sent_at: datetime | None
+
+
 class ResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -60,6 +73,7 @@ class ResultOut(BaseModel):
     model_name: str
     model_version: str
     summary: dict[str, object]
+    deliveries: list[DeliveryOut] = []
     notice: str = NOT_FOR_PRIMARY_DIAGNOSIS
 
 
@@ -167,10 +181,7 @@ def create_app(settings: Settings) -> FastAPI:
             query = query.where(Job.state == state)
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
         rows = session.scalars(
-            query.options(selectinload(Job.results))
-            .order_by(Job.id.desc())
-            .limit(limit)
-            .offset(offset)
+            query.options(_WITH_RESULTS).order_by(Job.id.desc()).limit(limit).offset(offset)
         )
         return Page[JobOut](
             items=[JobOut.model_validate(j) for j in rows],
@@ -184,7 +195,7 @@ def create_app(settings: Settings) -> FastAPI:
         if not 0 < job_id < 2**63:
             raise HTTPException(status_code=422, detail="job id out of range")
         job = session.scalars(
-            select(Job).options(selectinload(Job.results)).where(Job.id == job_id)
+            select(Job).options(_WITH_RESULTS).where(Job.id == job_id)
         ).one_or_none()
         if job is None:
             raise HTTPException(status_code=404, detail="no such job")

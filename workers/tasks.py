@@ -10,8 +10,8 @@ from celery import Task
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
-from db.jobs import release_for_retry
-from db.models import DeliveryState
+from db.jobs import finish_job, release_for_retry
+from db.models import DeliveryState, JobState
 from db.session import transaction
 from radlight.contracts import TASK_DELIVER, TASK_PROCESS_JOB, DeliverPayload, ProcessJobPayload
 from radlight.errors import StoreError
@@ -52,6 +52,15 @@ def process_job(self: Task, **kwargs: Any) -> None:
                 logger.exception("could not release job %d; the dispatcher will", payload.job_id)
             delay = JOB_RETRY_DELAYS_S[min(self.request.retries, len(JOB_RETRY_DELAYS_S) - 1)]
             raise self.retry(exc=exc, countdown=delay) from exc
+        except Exception as exc:  # a bug must fail the job visibly, not loop on re-queues
+            logger.exception("job %d failed unexpectedly", payload.job_id)
+            with transaction(ctx.sessions) as session:
+                finish_job(
+                    session=session,
+                    job_id=payload.job_id,
+                    state=JobState.FAILED,
+                    reason=f"internal error: {type(exc).__name__}: {exc}"[:2000],
+                )
 
 
 @app.task(name=TASK_DELIVER, bind=True, max_retries=None)
