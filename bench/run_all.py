@@ -1,0 +1,19 @@
+"""Run every benchmark in bench/ in turn."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    status = 0
+    for script in sorted(HERE.glob("bench_*.py")):
+        print(f"## {script.stem}", flush=True)
+        status |= subprocess.run([sys.executable, str(script)], check=False).returncode
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
