@@ -255,9 +255,21 @@ def test_pacs_to_radlight_to_pacs(
     fresh = pydicom.dcmread(real_dicom_files[1])
     fresh.StudyInstanceUID, fresh.SeriesInstanceUID = generate_uid(), generate_uid()
     fresh.SOPInstanceUID = fresh.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    fresh.PatientName, fresh.PatientID = "LEAKCHECK^RADIANT", "LEAK-7731"
+    fresh.PatientBirthDate = "19451231"
     fresh_path = tmp_path / "fresh.dcm"
     fresh.save_as(fresh_path, enforce_file_format=True)
     assert storescu(deployment.port, fresh_path).returncode == 0
     series = _wait_results(deployment, str(fresh.StudyInstanceUID))
     _check_results(deployment, series, str(fresh.SOPInstanceUID), tmp_path)
     deployment.alive()
+
+    # 4. No patient data in the logs (the logs themselves are not empty: the check can fail).
+    logs = deployment.node.log() + deployment.worker.log()
+    assert "stored instance" in logs
+    assert "succeeded" in logs
+    for ds in [*sources.values(), fresh]:
+        for keyword in ("PatientID", "PatientName", "PatientBirthDate"):
+            value = str(ds.get(keyword, "") or "")
+            if len(value) >= 3:
+                assert value not in logs, f"{keyword} leaked into the logs"
