@@ -60,11 +60,18 @@ def mark_delivery(
 
 
 def reopen_delivery(*, session: Session, delivery_id: int) -> None:
-    """Put a sent or failed delivery back in line (a re-run replaced its result)."""
+    """Put a sent or failed delivery back in line (a re-run replaced its result), with a fresh
+    retry budget: the new result has not been tried yet."""
     session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENDING)
-        .values(state=DeliveryState.PENDING, reason=None, updated_at=utcnow())
+        .values(
+            state=DeliveryState.PENDING,
+            attempts=0,
+            last_status=None,
+            reason=None,
+            updated_at=utcnow(),
+        )
     )
 
 

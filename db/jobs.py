@@ -5,7 +5,6 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobState, Route, utcnow
@@ -41,11 +40,11 @@ def create_job_if_new(
         model_name=route.model_name,
         model_version=route.model_version,
     )
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        return None  # another assembler created it at the same moment
+    # A concurrent assembler creating the same job makes the unique constraint fail the whole
+    # transaction; the caller's next tick then finds the job. (No savepoint: pysqlite does not
+    # nest them reliably.)
+    session.add(job)
+    session.flush()
     return job
 
 

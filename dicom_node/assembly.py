@@ -97,18 +97,23 @@ class Assembler:
                 job = session.get(Job, job_id)
                 if job is None:
                     continue
-                stale = job.state in (JobState.QUEUED, JobState.RUNNING)
-                try:
-                    self._queue.enqueue_job(job_id)
-                except Exception as exc:  # noqa: BLE001 - any broker error: keep the job, retry later
-                    logger.warning("could not queue job %d, will retry: %s", job_id, exc)
-                    break
+                previous = job.state
+                stale = previous in (JobState.QUEUED, JobState.RUNNING)
                 if stale:
+                    # Committed before the message goes out, so the worker that receives it
+                    # finds the job claimable.
                     reset_stale(session=session, job_id=job_id)
-                    logger.warning("job %d stalled in %s: queued again", job_id, job.state)
-                else:
+            try:
+                self._queue.enqueue_job(job_id)
+            except Exception as exc:  # noqa: BLE001 - any broker error: keep the job, retry later
+                logger.warning("could not queue job %d, will retry: %s", job_id, exc)
+                break
+            if stale:
+                logger.warning("job %d stalled in %s: queued again", job_id, previous)
+            else:
+                with transaction(self._sessions) as session:
                     mark_queued(session=session, job_id=job_id)
-                sent += 1
+            sent += 1
         return sent
 
     def dispatch_deliveries(self) -> int:

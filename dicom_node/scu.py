@@ -1,7 +1,8 @@
 """C-STORE SCU: send result files to a destination and classify what went wrong.
 
 Transient failures (connection refused, association rejected transiently or aborted, out of
-resources) are worth a retry; the rest are permanent and recorded as such.
+resources 0xA7xx, processing failure 0x0110) are worth a retry; the rest (a permanent association
+rejection, 0xA9xx, 0xCxxx, ...) are permanent and recorded as such.
 """
 
 import logging
@@ -11,13 +12,18 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 
-from dicom_node.status import is_out_of_resources, is_success_or_warning
+from dicom_node.status import (
+    TRANSIENT_FAILURES,
+    is_out_of_resources,
+    is_success_or_warning,
+)
 from radlight.errors import PermanentDeliveryError, TransientDeliveryError
 
 logger = logging.getLogger(__name__)
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+REJECTED_PERMANENT = 0x01  # A-ASSOCIATE-RJ Result (PS3.8 9.3.4); 0x02 is rejected-transient
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,16 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
         raise TransientDeliveryError(f"cannot reach {peer.host}:{peer.port}: {exc}") from exc
     if not assoc.is_established:
         if assoc.is_rejected:
-            raise TransientDeliveryError(f"association rejected by {peer.ae_title}")
+            primitive = assoc.acceptor.primitive
+            result = getattr(primitive, "result", None)
+            why = (
+                f"association rejected by {peer.ae_title} (result {result}, "
+                f"source {getattr(primitive, 'result_source', None)}, "
+                f"reason {getattr(primitive, 'diagnostic', None)})"
+            )
+            if result == REJECTED_PERMANENT:
+                raise PermanentDeliveryError(why)
+            raise TransientDeliveryError(why)
         raise TransientDeliveryError(
             f"no association with {peer.ae_title} at {peer.host}:{peer.port}"
         )
@@ -65,9 +80,10 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
             assoc.release()
     if is_success_or_warning(status):
         return status
-    if is_out_of_resources(status):
+    if is_out_of_resources(status) or status in TRANSIENT_FAILURES:
         raise TransientDeliveryError(
-            f"{peer.ae_title} is out of resources (0x{status:04X})", status=status
+            f"{peer.ae_title} is out of resources or failed to process (0x{status:04X})",
+            status=status,
         )
     raise PermanentDeliveryError(
         f"{peer.ae_title} refused the instance with status 0x{status:04X}", status=status

@@ -72,11 +72,34 @@ def make_celery(settings: Settings, name: str = "radlight") -> Celery:
     return app
 
 
-class TaskProducer:
-    """Sends RadLight tasks by name; what the node and the API use to enqueue work."""
+# A producer must fail fast when the broker is down or hung: its callers (the assembler thread, the
+# API, a worker queueing deliveries) keep the work in the database and try again later. Without
+# socket timeouts kombu's Redis transport waits forever on a broker that accepts the connection
+# but never answers, and its default publish retries multiply every wait by four.
+PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_RETRY_POLICY: dict[str, float] = {
+    "max_retries": 1,
+    "interval_start": 0.0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+}
+_REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://")
 
-    def __init__(self, settings: Settings) -> None:
+
+class TaskProducer:
+    """Sends RadLight tasks by name; what the node and the API use to enqueue work.
+
+    A send raises (kombu's OperationalError) within about ``2 * timeout_s`` when the broker is
+    unreachable or does not answer, rather than blocking its caller.
+    """
+
+    def __init__(self, settings: Settings, *, timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
         self._app = make_celery(settings, name="radlight-producer")
+        self._app.conf.task_publish_retry_policy = dict(PUBLISH_RETRY_POLICY)
+        if settings.effective_broker_url.startswith(_REDIS_SCHEMES):
+            options = dict(self._app.conf.broker_transport_options or {})
+            options.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            self._app.conf.broker_transport_options = options
 
     def enqueue_job(self, job_id: int) -> None:
         payload = ProcessJobPayload(job_id=job_id)

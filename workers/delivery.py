@@ -25,7 +25,10 @@ def deliver_result(delivery_id: int, ctx: WorkerContext) -> DeliveryOutcome:
     with transaction(ctx.sessions) as session:
         if not claim_delivery(session=session, delivery_id=delivery_id):
             logger.info("delivery %d is not waiting to be sent; nothing to do", delivery_id)
-            return DeliveryOutcome(state=DeliveryState.SENT, reason="not claimable")
+            current = session.get(Delivery, delivery_id)
+            if current is None:
+                return DeliveryOutcome(state=DeliveryState.FAILED, reason="no such delivery")
+            return DeliveryOutcome(state=current.state, reason="not claimable")
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None  # claimed just now
         peer = Peer(

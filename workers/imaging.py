@@ -6,7 +6,7 @@ Decoding covers every transfer syntax pydicom can decode with the pylibjpeg and 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, apply_windowing
 
 from radlight.errors import NotAnalysableError
 
@@ -61,17 +61,28 @@ def to_display_uint8(ds: Dataset) -> NDArray[np.uint8]:
         values = apply_modality_lut(pixels, ds)
         if has_voi:
             values = apply_voi_lut(values, ds, index=0)
-            low, high = float(np.min(values)), float(np.max(values))
+            window = None if ds.get("VOILUTSequence") else _window_range(ds)
+            low, high = window or (float(np.min(values)), float(np.max(values)))
         else:
             low, high = (float(v) for v in np.percentile(values, (0.5, 99.5)))
         image = np.asarray(values, dtype=np.float32)
-    if high <= low:
+    if high <= low or float(np.min(image)) == float(np.max(image)):
         raise NotAnalysableError("the image has no contrast (constant pixel values)")
     scaled = np.clip((image - low) / (high - low), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled
     display: NDArray[np.uint8] = np.round(scaled * 255.0).astype(np.uint8)
     return display
+
+
+def _window_range(ds: Dataset) -> tuple[float, float] | None:
+    """Black and white of the first VOI window: what pydicom's windowing makes of values far
+    below and far above it (LINEAR, LINEAR_EXACT and SIGMOID alike), or None without a window."""
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    with np.errstate(over="ignore"):  # SIGMOID: exp() of a huge value is inf, as intended
+        black, white = apply_windowing(np.array([-1e12, 1e12]), ds, index=0)
+    return float(black), float(white)
 
 
 def load_frontal_chest(ds: Dataset) -> NDArray[np.uint8]:

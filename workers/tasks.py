@@ -10,6 +10,7 @@ from celery import Task
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
+from db.deliveries import mark_delivery
 from db.jobs import finish_job, release_for_retry
 from db.models import DeliveryState, JobState
 from db.session import transaction
@@ -68,6 +69,19 @@ def deliver(self: Task, **kwargs: Any) -> None:
     payload = DeliverPayload.model_validate(kwargs)
     ctx = process_context()
     with log_context(delivery_id=payload.delivery_id, task_id=self.request.id):
-        outcome = deliver_result(payload.delivery_id, ctx)
+        try:
+            outcome = deliver_result(payload.delivery_id, ctx)
+        except OperationalError:
+            raise  # database hiccup: the message is redelivered (acks_late) or re-queued
+        except Exception as exc:  # a bug or a corrupt result file: fail it visibly, not loop
+            logger.exception("delivery %d failed unexpectedly", payload.delivery_id)
+            with transaction(ctx.sessions) as session:
+                mark_delivery(
+                    session=session,
+                    delivery_id=payload.delivery_id,
+                    state=DeliveryState.FAILED,
+                    reason=f"internal error: {type(exc).__name__}: {exc}"[:2000],
+                )
+            return
         if outcome.state is DeliveryState.RETRYING and outcome.retry_in_s is not None:
             raise self.retry(countdown=outcome.retry_in_s)
