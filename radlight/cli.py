@@ -10,12 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from radlight.errors import RadLightError
+from radlight.errors import ConfigurationError, RadLightError
 from radlight.logs import configure_logging
 from radlight.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 Command = Callable[[argparse.Namespace, Settings], int]
 BUNDLED_MODELS = ("densenet121-untrained", "tiny")
@@ -105,7 +110,6 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from db.config import upsert_route
     from db.migrate import upgrade
     from db.models import Route
-    from db.session import make_engine, make_session_factory, transaction
     from models.registry import ModelRegistry
 
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,19 +123,12 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
             installed = _install_built(settings, "tiny")
         _out(f"installed model {installed} (UNTRAINED: scores are meaningless)")
     model = registry.list()[0]
-    engine = make_engine(settings.effective_database_url)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            if session.query(Route).count() == 0:
-                upsert_route(
-                    session=session,
-                    name="chest-xray",
-                    model_name=model.name,
-                    modalities=["CR", "DX"],
-                )
-                _out(f"added route chest-xray (CR, DX) -> {model.name}")
-    finally:
-        engine.dispose()
+    with _db_transaction(settings) as session:
+        if session.query(Route).count() == 0:
+            upsert_route(
+                session=session, name="chest-xray", model_name=model.name, modalities=["CR", "DX"]
+            )
+            _out(f"added route chest-xray (CR, DX) -> {model.name}")
     _out(f"data folder: {settings.resolved_data_dir}")
     return 0
 
@@ -187,33 +184,39 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if stopping else max(exit_code, 1)
 
 
-def cmd_destination_add(args: argparse.Namespace, settings: Settings) -> int:
-    from db.config import upsert_destination
+@contextmanager
+def _db_transaction(settings: Settings) -> "Iterator[Session]":
+    """A committed-on-success session on a short-lived engine, for one CLI command."""
     from db.session import make_engine, make_session_factory, transaction
 
     engine = make_engine(settings.effective_database_url)
     try:
         with transaction(make_session_factory(engine)) as session:
-            upsert_destination(
-                session=session,
-                name=args.name,
-                host=args.host,
-                port=args.port,
-                ae_title=args.ae_title,
-            )
+            yield session
     finally:
         engine.dispose()
+
+
+def cmd_destination_add(args: argparse.Namespace, settings: Settings) -> int:
+    from db.config import upsert_destination
+
+    with _db_transaction(settings) as session:
+        upsert_destination(
+            session=session,
+            name=args.name,
+            host=args.host,
+            port=args.port,
+            ae_title=args.ae_title,
+        )
     _out(f"destination {args.name} -> {args.ae_title}@{args.host}:{args.port}")
     return 0
 
 
 def cmd_route_add(args: argparse.Namespace, settings: Settings) -> int:
     from db.config import upsert_route
-    from db.session import make_engine, make_session_factory, transaction
 
-    engine = make_engine(settings.effective_database_url)
-    try:
-        with transaction(make_session_factory(engine)) as session:
+    with _db_transaction(settings) as session:
+        try:
             upsert_route(
                 session=session,
                 name=args.name,
@@ -224,8 +227,8 @@ def cmd_route_add(args: argparse.Namespace, settings: Settings) -> int:
                 modalities=args.modality or None,
                 destination_names=args.destination or (),
             )
-    finally:
-        engine.dispose()
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
     _out(f"route {args.name} -> model {args.model}")
     return 0
 

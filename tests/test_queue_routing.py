@@ -13,21 +13,16 @@ from kombu.exceptions import OperationalError
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE, TASK_DELIVER, TASK_PROCESS_JOB
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
+from tests.brokers import TaskMessage, clean_redis, redis_lists
 from tests.peers import REDIS_URL
-from tests.workers.queue_messages import TaskMessage, clear_queues, redis_lists
 
 BROKER_URL = f"{REDIS_URL}/13"
 
 
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(BROKER_URL)
-    clear_queues(client)
-    try:
+    with clean_redis(BROKER_URL) as client:
         yield client
-    finally:
-        clear_queues(client)
-        client.close()
 
 
 @pytest.fixture

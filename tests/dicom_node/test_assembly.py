@@ -23,8 +23,8 @@ from dicom_node.routing import InstanceFacts, StudyFacts, select_inputs
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE, TASK_PROCESS_JOB
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
+from tests.brokers import clean_redis, redis_lists
 from tests.peers import REDIS_URL
-from tests.workers.queue_messages import clear_queues, redis_lists
 
 BROKER_URL = f"{REDIS_URL}/14"
 DOWN_BROKER_URL = "redis://127.0.0.1:1/0"
@@ -38,13 +38,8 @@ SR = "1.2.840.10008.5.1.4.1.1.88.33"
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
     """Redis database 14 with its queues emptied before and after the test."""
-    client = redis.Redis.from_url(BROKER_URL)
-    clear_queues(client)
-    try:
+    with clean_redis(BROKER_URL) as client:
         yield client
-    finally:
-        clear_queues(client)
-        client.close()
 
 
 def producer_for(tmp_path: Path, broker_url: str) -> TaskProducer:

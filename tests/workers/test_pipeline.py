@@ -17,8 +17,8 @@ from db.models import Delivery, DeliveryState, Job, JobState, Result, ResultKind
 from db.session import transaction
 from models.export import BuiltModel
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE, TASK_DELIVER
+from tests.brokers import folder_messages
 from tests.workers.conftest import copy_with_new_uids, receive
-from tests.workers.queue_messages import folder_messages
 from workers.context import WorkerContext
 from workers.pipeline import run_job
 

@@ -6,6 +6,8 @@ Both transports keep kombu's JSON envelope; its body (base64) is Celery's protoc
 
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,3 +66,15 @@ def clear_queues(client: redis.Redis) -> None:
         name = key.decode() if isinstance(key, bytes) else str(key)
         if not name.startswith("_kombu."):
             client.delete(key)
+
+
+@contextmanager
+def clean_redis(url: str) -> Iterator[redis.Redis]:
+    """A client for the Redis database at ``url``, its queues emptied before and after."""
+    client = redis.Redis.from_url(url)
+    clear_queues(client)
+    try:
+        yield client
+    finally:
+        clear_queues(client)
+        client.close()
