@@ -18,7 +18,7 @@ from dicom_node.status import (
     STATUS_SUCCESS,
 )
 from tests.dicom_node.conftest import node_settings
-from tests.peers import echo_ok, storescu
+from tests.peers import echo_ok, storescu, wait_for
 
 
 def _send_raw_file(port: int, path: Path, sop_class: str = SecondaryCaptureImageStorage) -> int:
@@ -179,3 +179,29 @@ def test_hostile_uid_is_refused_and_kept_in_quarantine(node: DicomNode, tmp_path
         kept = pydicom.dcmread(node.store.absolute(failure.quarantine_path))
         assert kept.SOPInstanceUID == "../../etc/passwd"
     assert not (node.settings.store_dir / "etc").exists()
+
+
+def test_association_limit_rejects_the_extra_association(tmp_path: Path, database_url: str) -> None:
+    settings = node_settings(tmp_path, database_url, max_associations=1)
+    dicom_node = DicomNode(settings)
+    dicom_node.start()
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    try:
+        first = ae.associate("127.0.0.1", settings.dicom_port, ae_title="RADLIGHT")
+        assert first.is_established
+        second = ae.associate("127.0.0.1", settings.dicom_port, ae_title="RADLIGHT")
+        assert second.is_rejected
+        first.release()
+
+        def third_accepted() -> bool:
+            third = ae.associate("127.0.0.1", settings.dicom_port, ae_title="RADLIGHT")
+            accepted = bool(third.is_established)
+            if accepted:
+                third.release()
+            return accepted
+
+        # Once the first is released, a new association is accepted again.
+        assert wait_for(third_accepted, timeout=10, what="a free association slot")
+    finally:
+        dicom_node.stop()
