@@ -74,6 +74,19 @@ class InputContract(_Strict):
     view_positions: Annotated[tuple[str, ...], Field(min_length=1)]
     body_part: Annotated[str, Field(min_length=1)]
     photometric_interpretation: Literal["MONOCHROME2"]
+    # Patient age the model was made for, in completed years, both ends included (None: any age).
+    # An age-restricted model does not analyse images whose patient age is unknown.
+    age_range_years: (
+        tuple[Annotated[int, Field(ge=0, le=150)], Annotated[int, Field(ge=0, le=150)]] | None
+    ) = None
+    # Who the model is for, in a few words, quoted in "not analysed" reasons ("pediatric demo").
+    population: Annotated[str, Field(min_length=1, max_length=80)] | None = None
+
+    @model_validator(mode="after")
+    def _age_range_ordered(self) -> "InputContract":
+        if self.age_range_years is not None and self.age_range_years[0] > self.age_range_years[1]:
+            raise ValueError("age_range_years must be (youngest, oldest)")
+        return self
 
 
 class Preprocessing(_Strict):
@@ -81,14 +94,23 @@ class Preprocessing(_Strict):
 
     ``rescale: uint8_to_unit`` means display values 0..255 are divided by 255, as torchvision's
     ``ToTensor`` does; ``channels: gray_to_rgb`` means the gray plane is copied into R, G and B.
+
+    ``kind`` names the whole recipe (default ``chexnet``, the fields above, NCHW). Kind
+    ``keras-xception-nhwc`` is Keras' ``load_img`` + ``xception.preprocess_input``: the whole image
+    (no aspect keep, no crop) resized to ``input_size`` square with NEAREST, ``x / 127.5 - 1``
+    (``rescale: uint8_to_symmetric``, mean 0, std 1), gray copied to RGB, laid out NHWC.
+    Kind ``xrv-gray`` is torchxrayvision's: the CheXNet geometry, then one plane ``[1, S, S]``
+    (``channels: gray``) with mean 0.5 and std 1/2048, so 0..255 maps onto [-1024, 1024] as
+    ``xrv.datasets.normalize(img, 255)`` does (only the first mean/std value is used).
     """
 
+    kind: Literal["chexnet", "keras-xception-nhwc", "xrv-gray"] = "chexnet"
     input_size: Annotated[int, Field(gt=0, le=4096)]
     resize_short_side: Annotated[int, Field(gt=0, le=4096)]
-    crop: Literal["center"]
-    interpolation: Literal["bilinear"]
-    rescale: Literal["uint8_to_unit"]
-    channels: Literal["gray_to_rgb"]
+    crop: Literal["center", "none"]
+    interpolation: Literal["bilinear", "nearest"]
+    rescale: Literal["uint8_to_unit", "uint8_to_symmetric"]
+    channels: Literal["gray_to_rgb", "gray"]
     mean: tuple[float, float, float]
     std: tuple[
         Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]
@@ -100,6 +122,34 @@ class Preprocessing(_Strict):
             raise ValueError("resize_short_side must be >= input_size (the crop must fit)")
         return self
 
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> "Preprocessing":
+        expected: dict[str, object] = {}
+        if self.kind == "chexnet":
+            expected = {"crop": "center", "interpolation": "bilinear", "rescale": "uint8_to_unit"}
+        elif self.kind == "xrv-gray":
+            expected = {
+                "crop": "center",
+                "interpolation": "bilinear",
+                "rescale": "uint8_to_unit",
+                "channels": "gray",
+            }
+        elif self.kind == "keras-xception-nhwc":
+            expected = {
+                "crop": "none",
+                "interpolation": "nearest",
+                "rescale": "uint8_to_symmetric",
+                "resize_short_side": self.input_size,
+                "mean": (0.0, 0.0, 0.0),
+                "std": (1.0, 1.0, 1.0),
+            }
+        if self.kind != "xrv-gray":
+            expected["channels"] = "gray_to_rgb"
+        wrong = [f"{k}={getattr(self, k)!r}" for k, v in expected.items() if getattr(self, k) != v]
+        if wrong:
+            raise ValueError(f"preprocessing kind {self.kind} does not allow {', '.join(wrong)}")
+        return self
+
 
 class OutputNames(_Strict):
     """Tensor names of the ONNX graph and the names of its CAM initializers."""
@@ -109,6 +159,19 @@ class OutputNames(_Strict):
     features: Annotated[str, Field(min_length=1)]
     cam_weight: Annotated[str, Field(min_length=1)]
     cam_bias: Annotated[str, Field(min_length=1)]
+
+
+class HeatmapOutputNames(_Strict):
+    """Tensor names of a ``probabilities-heatmap/1`` graph (see models.runtime).
+
+    ``probabilities`` is ``[N, K]``; card label ``i`` is its column ``label_columns[i]``.
+    ``heatmap`` is ``[N, h, w]`` (a map for a one-label card) or ``[N, L, h, w]`` in label order.
+    """
+
+    input: Annotated[str, Field(min_length=1)]
+    probabilities: Annotated[str, Field(min_length=1)]
+    label_columns: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(min_length=1)]
+    heatmap: Annotated[str, Field(min_length=1)]
 
 
 class Provenance(_Strict):
@@ -130,7 +193,10 @@ class ModelCard(_Strict):
     labels: Annotated[tuple[LabelSpec, ...], Field(min_length=1)]
     input: InputContract
     preprocessing: Preprocessing
-    outputs: OutputNames
+    # classifier-cam/1: probabilities + features + CAM weights carried in the graph (models.contract);
+    # probabilities-heatmap/1: probabilities + a heatmap computed in the graph (e.g. Grad-CAM).
+    interface: Literal["classifier-cam/1", "probabilities-heatmap/1"] = "classifier-cam/1"
+    outputs: OutputNames | HeatmapOutputNames
     onnx_file: str
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
     provenance: Provenance
@@ -150,6 +216,17 @@ class ModelCard(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"label names must be unique: {names}")
         return value
+
+    @model_validator(mode="after")
+    def _outputs_match_interface(self) -> "ModelCard":
+        wanted = OutputNames if self.interface == "classifier-cam/1" else HeatmapOutputNames
+        if not isinstance(self.outputs, wanted):
+            raise ValueError(f"outputs do not follow interface {self.interface}")
+        if isinstance(self.outputs, HeatmapOutputNames) and len(self.outputs.label_columns) != len(
+            self.labels
+        ):
+            raise ValueError("outputs.label_columns must name one column per label")
+        return self
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -230,6 +307,19 @@ CHEXNET_PREPROCESSING = Preprocessing(
     channels="gray_to_rgb",
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
+)
+
+# torchxrayvision DenseNet-121: (x / 255 - 0.5) * 2048 = x / 255 * 2048 - 1024, one channel.
+XRV_GRAY_PREPROCESSING = Preprocessing(
+    kind="xrv-gray",
+    input_size=224,
+    resize_short_side=224,
+    crop="center",
+    interpolation="bilinear",
+    rescale="uint8_to_unit",
+    channels="gray",
+    mean=(0.5, 0.5, 0.5),
+    std=(1 / 2048, 1 / 2048, 1 / 2048),
 )
 
 STANDARD_OUTPUT_NAMES = OutputNames(

@@ -2,7 +2,8 @@
 
 Interface ``classifier-cam/1``:
 
-- input ``image``: float32 ``[N, 3, S, S]`` (S = the card's ``input_size``, N dynamic);
+- input ``image``: float32 ``[N, 3, S, S]`` (S = the card's ``input_size``, N dynamic), or
+  ``[N, 1, S, S]`` for a one-channel model (preprocessing kind ``xrv-gray``);
 - output ``probabilities``: float32 ``[N, L]``, one per label in card order;
 - output ``features``: float32 ``[N, C, h, w]``, the map that global average pooling reads;
 - the head computing ``probabilities`` is ``Sigmoid(Gemm(GAP(features), W, b, transB=1))``. ``W``
@@ -64,6 +65,7 @@ class GraphContract:
     cam_bias_name: str
     cam_weight: FloatArray
     cam_bias: FloatArray
+    input_channels: int = 3
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
@@ -114,8 +116,8 @@ def read_contract(
             raise ModelError(f"graph tensor {name!r} is not float32")
 
     image_dims = _dims(inputs[input_name])
-    if len(image_dims) != 4 or image_dims[1] != 3 or image_dims[2] is None:
-        raise ModelError(f"input {input_name!r} must be [N, 3, S, S], is {image_dims}")
+    if len(image_dims) != 4 or image_dims[1] not in (1, 3) or image_dims[2] is None:
+        raise ModelError(f"input {input_name!r} must be [N, 3 or 1, S, S], is {image_dims}")
     if image_dims[2] != image_dims[3]:
         raise ModelError(f"input {input_name!r} must be square, is {image_dims}")
     prob_dims = _dims(outputs[probabilities_name])
@@ -145,6 +147,7 @@ def read_contract(
         cam_bias_name=bias_name,
         cam_weight=weight,
         cam_bias=bias,
+        input_channels=int(image_dims[1]),
     )
 
 
@@ -199,3 +202,61 @@ def gemm_attributes(node: onnx.NodeProto) -> dict[str, float | int]:
         elif attribute.name in ("transA", "transB"):
             values[attribute.name] = int(attribute.i)
     return values
+
+
+HEATMAP_INTERFACE_VERSION = "probabilities-heatmap/1"
+
+
+@dataclass(frozen=True)
+class HeatmapGraphContract:
+    """What a ``probabilities-heatmap/1`` graph declares (see models.runtime)."""
+
+    input_name: str
+    probabilities_name: str
+    heatmap_name: str
+    layout: str  # "nchw" or "nhwc"
+    input_size: int
+    num_columns: int | None  # None where the exporter left it symbolic
+
+
+def read_heatmap_contract(
+    model: onnx.ModelProto, *, input_name: str, probabilities_name: str, heatmap_name: str
+) -> HeatmapGraphContract:
+    """Check ``model`` has one square 3-channel image input (NCHW or NHWC) and the named outputs.
+
+    The heatmap is computed inside the graph (for the pneumonia demo, an exact Grad-CAM), so there
+    are no weights to read; its shape is ``[N, h, w]`` or ``[N, L, h, w]``.
+    """
+    graph = model.graph
+    initializer_names = {tensor.name for tensor in graph.initializer}
+    inputs = {vi.name: vi for vi in graph.input if vi.name not in initializer_names}
+    outputs = {vi.name: vi for vi in graph.output}
+    if list(inputs) != [input_name]:
+        raise ModelError(f"graph inputs are {list(inputs)}, expected [{input_name!r}]")
+    for name in (probabilities_name, heatmap_name):
+        if name not in outputs:
+            raise ModelError(f"graph has no output {name!r} (outputs: {list(outputs)})")
+    for name, vi in ((input_name, inputs[input_name]), *outputs.items()):
+        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ModelError(f"graph tensor {name!r} is not float32")
+    dims = _dims(inputs[input_name])
+    if len(dims) == 4 and dims[1] == 3 and dims[2] is not None and dims[2] == dims[3]:
+        layout, size = "nchw", dims[2]
+    elif len(dims) == 4 and dims[3] == 3 and dims[1] is not None and dims[1] == dims[2]:
+        layout, size = "nhwc", dims[1]
+    else:
+        raise ModelError(f"input {input_name!r} must be [N, 3, S, S] or [N, S, S, 3], is {dims}")
+    prob_dims = _dims(outputs[probabilities_name])
+    heat_dims = _dims(outputs[heatmap_name])
+    if len(prob_dims) != 2 or len(heat_dims) not in (3, 4):
+        raise ModelError(
+            f"outputs must be [N, K] and [N, h, w] or [N, L, h, w]; are {prob_dims}, {heat_dims}"
+        )
+    return HeatmapGraphContract(
+        input_name=input_name,
+        probabilities_name=probabilities_name,
+        heatmap_name=heatmap_name,
+        layout=layout,
+        input_size=size,
+        num_columns=prob_dims[1],
+    )

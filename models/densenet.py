@@ -78,7 +78,8 @@ class DenseNet121(nn.Module):
     """torchvision's ``densenet121`` layout (growth 32, blocks 6/12/24/16, bn_size 4, 64 stem).
 
     ``forward`` returns logits like torchvision's; use :class:`CamClassifier` for the CheXNet
-    interface. Weights are initialised as torchvision does, from ``generator`` when given, so a
+    interface. ``in_channels=1`` gives torchxrayvision's variant (one gray plane in), with the
+    same state_dict keys. Weights are initialised as torchvision does, from ``generator`` when given, so a
     seed gives the same untrained network on every machine.
     """
 
@@ -86,13 +87,21 @@ class DenseNet121(nn.Module):
         self,
         num_classes: int = NUM_CHEXNET_CLASSES,
         *,
+        in_channels: int = 3,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        if num_classes < 1 or in_channels < 1:
+            raise ValueError("num_classes and in_channels must be >= 1")
         self.features = nn.Sequential(
             OrderedDict(
                 [
-                    ("conv0", nn.Conv2d(3, NUM_INIT_FEATURES, 7, stride=2, padding=3, bias=False)),
+                    (
+                        "conv0",
+                        nn.Conv2d(
+                            in_channels, NUM_INIT_FEATURES, 7, stride=2, padding=3, bias=False
+                        ),
+                    ),
                     ("norm0", nn.BatchNorm2d(NUM_INIT_FEATURES)),
                     ("relu0", nn.ReLU()),
                     ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),

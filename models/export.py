@@ -96,13 +96,15 @@ def export_classifier_onnx(
     path: Path,
     *,
     input_size: int = 224,
+    in_channels: int = 3,
     opset: int | None = None,
     exporter: Exporter = "legacy",
 ) -> str:
     """Export ``module`` (image -> (probabilities, features)) to ``path``; return its sha256.
 
     ``opset`` defaults to 17 for the legacy exporter and 18 for dynamo (its lowest; converting
-    DenseNet-121 down to 17 fails in onnx's version converter). The module is put in eval mode.
+    DenseNet-121 down to 17 fails in onnx's version converter). ``in_channels`` is 3, or 1 for a
+    one-channel model (torchxrayvision). The module is put in eval mode.
     Raises ModelError if the exported graph does not follow the classifier-cam/1 interface or
     its outputs differ from torch's by more than 1e-4.
     """
@@ -112,7 +114,7 @@ def export_classifier_onnx(
         opset = DEFAULT_OPSET if exporter == "legacy" else DYNAMO_OPSET
     module.eval()
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(_TRACE_BATCH, 3, input_size, input_size, generator=generator)
+    example = torch.randn(_TRACE_BATCH, in_channels, input_size, input_size, generator=generator)
     with _quiet_exporter():
         if exporter == "legacy":
             with tempfile.TemporaryDirectory(prefix="radlight-export-") as tmp:
@@ -154,7 +156,7 @@ def export_classifier_onnx(
     bind_cam_head(model)
     data = _validated_bytes(model)
 
-    check = torch.randn(_CHECK_BATCH, 3, input_size, input_size, generator=generator)
+    check = torch.randn(_CHECK_BATCH, in_channels, input_size, input_size, generator=generator)
     with torch.no_grad():
         expected = [tensor.numpy() for tensor in module(check)]
     _check_against(data, check.numpy(), expected)

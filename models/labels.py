@@ -52,6 +52,13 @@ FINDING_CODES: dict[str, FindingCode] = {
     "Fibrosis": FindingCode("51615001", SCT, "Fibrosis of lung"),
     "Pleural_Thickening": FindingCode("PLEURAL_THICKENING", LOCAL, "Pleural thickening"),
     "Hernia": FindingCode("84089009", SCT, "Hiatal hernia"),
+    # torchxrayvision's extra outputs: no SNOMED CT code could be confirmed here, so local codes.
+    "Lung Lesion": FindingCode("LUNG_LESION", LOCAL, "Lung lesion"),
+    "Fracture": FindingCode("FRACTURE", LOCAL, "Fracture"),
+    "Lung Opacity": FindingCode("LUNG_OPACITY", LOCAL, "Lung opacity"),
+    "Enlarged Cardiomediastinum": FindingCode(
+        "ENL_CARDIOMEDIAS", LOCAL, "Enlarged cardiomediastinum"
+    ),
 }
 
 

@@ -6,6 +6,9 @@ torchvision's size arithmetic, which truncates the long side), torchvision's cen
 (``round`` of half the margin), ``/255``, gray copied to R, G and B, then ImageNet mean/std.
 Decoding DICOM and windowing happen before this, elsewhere; this module sees only pixels.
 
+Preprocessing kind ``keras-xception-nhwc`` (the pneumonia demo) is Keras' instead: the whole
+image NEAREST-resized to a square, ``x / 127.5 - 1``, NHWC; see :func:`prepare_keras_xception`.
+
 Accepted inputs are 2-D ``uint8`` (0..255, resized as 8-bit, as training images were) or floating
 point in [0, 1] (resized in 32-bit float, with no 8-bit rounding), MONOCHROME2 (bright = dense).
 """
@@ -65,7 +68,8 @@ class CropGeometry:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """The model input ``[3, S, S]`` float32 and how it maps back onto the original image."""
+    """The model input (``[3, S, S]`` float32, or ``[S, S, 3]`` for an NHWC kind) and how it maps
+    back onto the original image."""
 
     tensor: FloatArray
     geometry: CropGeometry
@@ -79,8 +83,18 @@ def resized_shape(shape: tuple[int, int], short_side: int) -> tuple[int, int]:
     return int(short_side * rows / cols), short_side
 
 
+# Tensor layout each preprocessing kind produces (the model's input must match it).
+INPUT_LAYOUTS: dict[str, str] = {
+    "chexnet": "nchw",
+    "keras-xception-nhwc": "nhwc",
+    "xrv-gray": "nchw",
+}
+
+
 def prepare_image(gray: npt.NDArray[np.generic], preprocessing: Preprocessing) -> PreparedImage:
     """Resize, centre-crop, replicate to RGB and normalise one windowed grayscale image."""
+    if preprocessing.kind == "keras-xception-nhwc":
+        return prepare_keras_xception(gray, preprocessing.input_size)
     image = _as_pil(gray)
     rows, cols = gray.shape
     new_rows, new_cols = resized_shape((rows, cols), preprocessing.resize_short_side)
@@ -93,6 +107,8 @@ def prepare_image(gray: npt.NDArray[np.generic], preprocessing: Preprocessing) -
         plane = plane / np.float32(255.0)
     mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preprocessing.std, dtype=np.float32).reshape(3, 1, 1)
+    if preprocessing.channels == "gray":  # xrv-gray: one plane, [1, S, S]
+        mean, std = mean[:1], std[:1]
     tensor = ((plane[np.newaxis] - mean) / std).astype(np.float32)
     geometry = CropGeometry(
         original_shape=(rows, cols),
@@ -103,10 +119,33 @@ def prepare_image(gray: npt.NDArray[np.generic], preprocessing: Preprocessing) -
     return PreparedImage(tensor=tensor, geometry=geometry)
 
 
+def prepare_keras_xception(gray: npt.NDArray[np.generic], size: int) -> PreparedImage:
+    """Keras ``load_img`` + ``xception.preprocess_input``: ``[S, S, 3]`` NHWC in [-1, 1].
+
+    The whole image is resized to ``size`` x ``size`` with NEAREST (no aspect keep, no crop), as
+    the pneumonia demo was trained. For a uint8 image this equals PIL's ``convert("RGB")`` then
+    resize (NEAREST picks the same source pixel in every channel), so a DICOM holding a JPEG's
+    8-bit values gives the same tensor as the JPEG. A float image in [0, 1] is scaled to 0..255
+    first, without rounding.
+    """
+    image = _as_pil(gray)
+    rows, cols = gray.shape
+    resized = image.resize((size, size), Image.Resampling.NEAREST)
+    plane = np.asarray(resized, dtype=np.float32)
+    if gray.dtype != np.uint8:
+        plane = plane * np.float32(255.0)
+    plane = plane / np.float32(127.5) - np.float32(1.0)
+    tensor = np.ascontiguousarray(np.repeat(plane[:, :, np.newaxis], 3, axis=2), dtype=np.float32)
+    geometry = CropGeometry(
+        original_shape=(rows, cols), resized_shape=(size, size), crop_origin=(0, 0), crop_size=size
+    )
+    return PreparedImage(tensor=tensor, geometry=geometry)
+
+
 def prepare_batch(
     images: Sequence[npt.NDArray[np.generic]], preprocessing: Preprocessing
 ) -> tuple[FloatArray, tuple[CropGeometry, ...]]:
-    """:func:`prepare_image` for each image, stacked into ``[N, 3, S, S]``."""
+    """:func:`prepare_image` for each image, stacked into ``[N, 3, S, S]`` (or ``[N, S, S, 3]``)."""
     if not images:
         raise ValueError("no images to prepare")
     prepared = [prepare_image(image, preprocessing) for image in images]

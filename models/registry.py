@@ -14,9 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.card import CARD_FILE_NAME, ModelCard, validate_identifier
+from models.card import CARD_FILE_NAME, HeatmapOutputNames, ModelCard, validate_identifier
 from models.checksum import cached_sha256_file, sha256_bytes, sha256_file
-from models.contract import parse_model, read_contract
+from models.contract import parse_model, read_contract, read_heatmap_contract
+from models.preprocess import INPUT_LAYOUTS
 from radlight.errors import ModelError, ModelIntegrityError
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,9 @@ def check_card_matches_model(card: ModelCard, data: bytes, *, source: str) -> No
         raise ModelIntegrityError(
             f"{source} has sha256 {actual}, its card {card.name} {card.version} says {card.sha256}"
         )
+    if isinstance(card.outputs, HeatmapOutputNames):
+        _check_heatmap_model(card, card.outputs, data, source=source)
+        return
     contract = read_contract(
         parse_model(data, source=source),
         input_name=card.outputs.input,
@@ -221,6 +225,38 @@ def check_card_matches_model(card: ModelCard, data: bytes, *, source: str) -> No
     if contract.input_size != card.preprocessing.input_size:
         problems.append(
             f"model input is {contract.input_size}, card says {card.preprocessing.input_size}"
+        )
+    wanted_channels = 1 if card.preprocessing.channels == "gray" else 3
+    if contract.input_channels != wanted_channels:
+        problems.append(
+            f"model input has {contract.input_channels} channels, the card's preprocessing "
+            f"gives {wanted_channels}"
+        )
+    if problems:
+        raise ModelError(f"{source} does not match its card: " + "; ".join(problems))
+
+
+def _check_heatmap_model(
+    card: ModelCard, names: HeatmapOutputNames, data: bytes, *, source: str
+) -> None:
+    """A ``probabilities-heatmap/1`` file: tensor names, input size and layout, label columns."""
+    contract = read_heatmap_contract(
+        parse_model(data, source=source),
+        input_name=names.input,
+        probabilities_name=names.probabilities,
+        heatmap_name=names.heatmap,
+    )
+    problems = []
+    if contract.input_size != card.preprocessing.input_size:
+        problems.append(
+            f"model input is {contract.input_size}, card says {card.preprocessing.input_size}"
+        )
+    layout = INPUT_LAYOUTS.get(card.preprocessing.kind)
+    if layout is not None and contract.layout != layout:
+        problems.append(f"model input is {contract.layout}, card's preprocessing gives {layout}")
+    if contract.num_columns is not None and max(names.label_columns) >= contract.num_columns:
+        problems.append(
+            f"card reads probability columns {names.label_columns}, model has {contract.num_columns}"
         )
     if problems:
         raise ModelError(f"{source} does not match its card: " + "; ".join(problems))

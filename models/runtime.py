@@ -1,4 +1,13 @@
-"""onnxruntime sessions for classifier-cam/1 models, one per model file per process.
+"""onnxruntime sessions for RadLight's model interfaces, one per model file per process.
+
+Two interfaces, chosen by the card's ``interface``, give the pipeline one common result,
+:class:`Inference` (probabilities ``[N, L]`` in card label order and heatmaps ``[N, L, h, w]``):
+
+- ``classifier-cam/1`` (:class:`Classifier`): probabilities and the feature map; the CAM weights
+  carried in the graph turn features into one map per label by a matmul (models.contract);
+- ``probabilities-heatmap/1`` (:class:`HeatmapModel`): probabilities ``[N, K]`` of which the card
+  reads ``label_columns``, and a heatmap computed inside the graph (the pneumonia demo's exact
+  Grad-CAM, ``[N, h, w]`` for its one label).
 
 A session is built from the very bytes whose sha256 was checked, so what runs is what was
 verified. CUDA is used when this onnxruntime build offers it, else the CPU. Sessions are cached
@@ -10,15 +19,23 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from models.card import STANDARD_OUTPUT_NAMES, OutputNames
+from models.cam import class_activation_maps
+from models.card import STANDARD_OUTPUT_NAMES, HeatmapOutputNames, OutputNames
 from models.checksum import sha256_bytes
-from models.contract import GraphContract, parse_model, read_contract
+from models.contract import (
+    GraphContract,
+    HeatmapGraphContract,
+    parse_model,
+    read_contract,
+    read_heatmap_contract,
+)
 from models.registry import ModelEntry
 from radlight.errors import ModelError, ModelIntegrityError
 
@@ -37,8 +54,17 @@ _ORT_ERRORS: tuple[type[Exception], ...] = (
     ort_state.RuntimeException,
 )
 
-_cache: "OrderedDict[tuple[str, str, OutputNames], Classifier]" = OrderedDict()
+_cache: "OrderedDict[tuple[str, str, OutputNames | HeatmapOutputNames], Model]" = OrderedDict()
 _lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What every interface gives the pipeline: scores ``[N, L]`` in card label order and one
+    heatmap per label ``[N, L, h, w]`` on the model input's grid (unnormalised)."""
+
+    probabilities: FloatArray
+    heatmaps: FloatArray
 
 
 @dataclass(frozen=True)
@@ -70,31 +96,15 @@ class Classifier:
         cls, onnx_path: Path, *, sha256: str, names: OutputNames = STANDARD_OUTPUT_NAMES
     ) -> "Classifier":
         """The process-wide Classifier for this file; built (and sha256-checked) on first use."""
-        key = (str(Path(onnx_path).resolve()), sha256, names)
-        with _lock:
-            cached = _cache.get(key)
-            if cached is not None:
-                _cache.move_to_end(key)
-                return cached
-            classifier = cls._build(Path(onnx_path), sha256=sha256, names=names)
-            _cache[key] = classifier
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-            return classifier
+        return _cached(onnx_path, sha256, names, cls)
 
     @classmethod
     def from_entry(cls, entry: ModelEntry) -> "Classifier":
-        return cls.load(entry.onnx_path, sha256=entry.sha256, names=entry.card.outputs)
+        return load_classifier(entry)
 
     @classmethod
     def _build(cls, onnx_path: Path, *, sha256: str, names: OutputNames) -> "Classifier":
-        try:
-            data = onnx_path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"cannot read model file {onnx_path}: {exc}") from exc
-        actual = sha256_bytes(data)
-        if actual != sha256:
-            raise ModelIntegrityError(f"{onnx_path} has sha256 {actual}, expected {sha256}")
+        data = _read_checked(onnx_path, sha256)
         contract = read_contract(
             parse_model(data, source=str(onnx_path)),
             input_name=names.input,
@@ -106,11 +116,7 @@ class Classifier:
                 f"{onnx_path}: CAM initializers are {contract.cam_weight_name}/"
                 f"{contract.cam_bias_name}, expected {names.cam_weight}/{names.cam_bias}"
             )
-        try:
-            session = ort.InferenceSession(data, providers=available_providers())
-        except _ORT_ERRORS as exc:
-            raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
-        return cls(session, contract)
+        return cls(_session(data, onnx_path), contract)
 
     @property
     def input_size(self) -> int:
@@ -136,8 +142,9 @@ class Classifier:
             raise TypeError(f"expected a numpy array, got {type(batch).__name__}")
         if batch.dtype != np.float32:
             raise ValueError(f"batch must be float32, got {batch.dtype}")
-        if batch.ndim != 4 or batch.shape[0] < 1 or batch.shape[1:] != (3, size, size):
-            raise ValueError(f"batch must be [N>=1, 3, {size}, {size}], got {batch.shape}")
+        channels = self.contract.input_channels  # 3, or 1 for xrv-gray models
+        if batch.ndim != 4 or batch.shape[0] < 1 or batch.shape[1:] != (channels, size, size):
+            raise ValueError(f"batch must be [N>=1, {channels}, {size}, {size}], got {batch.shape}")
         if not np.isfinite(batch).all():
             raise ValueError("batch holds NaN or infinity")
         names = [self.contract.probabilities_name, self.contract.features_name]
@@ -154,6 +161,14 @@ class Classifier:
         self._check_head(output)
         return output
 
+    def infer(self, batch: npt.NDArray[np.generic]) -> Inference:
+        """Scores and one class activation map per label for a prepared batch."""
+        output = self.predict(batch)
+        return Inference(
+            probabilities=output.probabilities,
+            heatmaps=class_activation_maps(output.features, self.cam_weights),
+        )
+
     def _check_head(self, output: ClassifierOutput) -> None:
         """sigmoid(W @ mean(features) + b) must give the scores, or the CAMs would not explain them."""
         pooled = output.features.mean(axis=(2, 3), dtype=np.float64)
@@ -164,9 +179,132 @@ class Classifier:
             raise ModelError(f"scores differ from the CAM head's by {gap:.3g}; model is unusable")
 
 
+class HeatmapModel:
+    """A loaded probabilities-heatmap/1 model: probabilities and an in-graph heatmap."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        contract: HeatmapGraphContract,
+        names: HeatmapOutputNames,
+    ) -> None:
+        self.session = session
+        self.contract = contract
+        self.label_columns = names.label_columns
+
+    @classmethod
+    def load(cls, onnx_path: Path, *, sha256: str, names: HeatmapOutputNames) -> "HeatmapModel":
+        """The process-wide HeatmapModel for this file; built (and sha256-checked) on first use."""
+        return _cached(onnx_path, sha256, names, cls)
+
+    @classmethod
+    def _build(cls, onnx_path: Path, *, sha256: str, names: HeatmapOutputNames) -> "HeatmapModel":
+        data = _read_checked(onnx_path, sha256)
+        contract = read_heatmap_contract(
+            parse_model(data, source=str(onnx_path)),
+            input_name=names.input,
+            probabilities_name=names.probabilities,
+            heatmap_name=names.heatmap,
+        )
+        return cls(_session(data, onnx_path), contract, names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One image's input shape: ``(3, S, S)`` or ``(S, S, 3)``."""
+        size = self.contract.input_size
+        return (3, size, size) if self.contract.layout == "nchw" else (size, size, 3)
+
+    def infer(self, batch: npt.NDArray[np.generic]) -> Inference:
+        """Scores ``[N, L]`` (the card's columns) and heatmaps ``[N, L, h, w]``."""
+        _check_batch(batch, self.input_shape)
+        names = [self.contract.probabilities_name, self.contract.heatmap_name]
+        try:
+            probabilities, heatmap = self.session.run(
+                names, {self.contract.input_name: np.ascontiguousarray(batch)}
+            )
+        except _ORT_ERRORS as exc:
+            raise ModelError(f"inference failed: {exc}") from exc
+        scores = np.asarray(probabilities, dtype=np.float32)
+        maps = np.asarray(heatmap, dtype=np.float32)
+        columns = list(self.label_columns)
+        if scores.ndim != 2 or scores.shape[0] != batch.shape[0] or max(columns) >= scores.shape[1]:
+            raise ModelError(
+                f"probabilities have shape {scores.shape}; card reads columns {columns}"
+            )
+        if maps.ndim == 3 and len(columns) == 1:
+            maps = maps[:, np.newaxis]
+        if maps.ndim != 4 or maps.shape[:2] != (batch.shape[0], len(columns)):
+            raise ModelError(f"heatmap has shape {maps.shape}, expected [N, {len(columns)}, h, w]")
+        if not (np.isfinite(scores).all() and np.isfinite(maps).all()):
+            raise ModelError("the model produced NaN or infinity")
+        return Inference(probabilities=np.ascontiguousarray(scores[:, columns]), heatmaps=maps)
+
+
+Model = Classifier | HeatmapModel
+
+
+def load_model(entry: ModelEntry) -> Model:
+    """The cached model of a registry entry, for the interface its card names."""
+    names = entry.card.outputs
+    if isinstance(names, HeatmapOutputNames):
+        return HeatmapModel.load(entry.onnx_path, sha256=entry.sha256, names=names)
+    return Classifier.load(entry.onnx_path, sha256=entry.sha256, names=names)
+
+
 def load_classifier(entry: ModelEntry) -> Classifier:
-    """The cached Classifier of a registry entry (what a worker calls once per job)."""
-    return Classifier.from_entry(entry)
+    """The cached Classifier of a classifier-cam/1 registry entry."""
+    names = entry.card.outputs
+    if not isinstance(names, OutputNames):
+        raise ModelError(f"model {entry.name} {entry.version} is not a classifier-cam/1 model")
+    return Classifier.load(entry.onnx_path, sha256=entry.sha256, names=names)
+
+
+_M = TypeVar("_M", Classifier, HeatmapModel)
+
+
+def _cached(
+    onnx_path: Path, sha256: str, names: OutputNames | HeatmapOutputNames, cls: type[_M]
+) -> _M:
+    key = (str(Path(onnx_path).resolve()), sha256, names)
+    with _lock:
+        cached = _cache.get(key)
+        if isinstance(cached, cls):
+            _cache.move_to_end(key)
+            return cached
+        model = cls._build(Path(onnx_path), sha256=sha256, names=names)  # type: ignore[arg-type]
+        _cache[key] = model
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+        return model
+
+
+def _read_checked(onnx_path: Path, sha256: str) -> bytes:
+    try:
+        data = onnx_path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {onnx_path}: {exc}") from exc
+    actual = sha256_bytes(data)
+    if actual != sha256:
+        raise ModelIntegrityError(f"{onnx_path} has sha256 {actual}, expected {sha256}")
+    return data
+
+
+def _session(data: bytes, onnx_path: Path) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(data, providers=available_providers())
+    except _ORT_ERRORS as exc:
+        raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
+
+
+def _check_batch(batch: npt.NDArray[np.generic], shape: tuple[int, int, int]) -> None:
+    if not isinstance(batch, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(batch).__name__}")
+    if batch.dtype != np.float32:
+        raise ValueError(f"batch must be float32, got {batch.dtype}")
+    if batch.ndim != 4 or batch.shape[0] < 1 or batch.shape[1:] != shape:
+        raise ValueError(f"batch must be [N>=1, {', '.join(map(str, shape))}], got {batch.shape}")
+    if not np.isfinite(batch).all():
+        raise ValueError("batch holds NaN or infinity")
 
 
 def get_session(onnx_path: Path, *, sha256: str) -> ort.InferenceSession:

@@ -10,25 +10,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from radlight.cli_common import Command, db_transaction, out
+from radlight.cli_models import BUNDLED_MODELS, _install_built, add_model_commands
 from radlight.errors import ConfigurationError, RadLightError
 from radlight.logs import configure_logging
 from radlight.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-Command = Callable[[argparse.Namespace, Settings], int]
-BUNDLED_MODELS = ("densenet121-untrained", "tiny")
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    pass
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -36,7 +29,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
-    _out("database schema is up to date")
+    out("database schema is up to date")
     return 0
 
 
@@ -89,22 +82,6 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _install_built(settings: Settings, kind: str) -> str:
-    """Build a bundled model (``tiny`` or ``densenet121-untrained``) and install it."""
-    import tempfile
-    from pathlib import Path
-
-    from models.export import build_tiny_classifier, build_untrained_chexnet
-    from models.registry import ModelRegistry
-
-    registry = ModelRegistry(settings.models_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        builder = build_tiny_classifier if kind == "tiny" else build_untrained_chexnet
-        built = builder(Path(tmp))
-        entry = registry.install(built.onnx_path, built.card)
-    return f"{entry.name} {entry.version}"
-
-
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     """Migrate, install a bundled model if none, and add a default route if none."""
     from db.config import upsert_route
@@ -121,29 +98,15 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
             installed = _install_built(settings, kind)
         except ImportError:  # torch (export extra) not installed: the tiny graph needs none
             installed = _install_built(settings, "tiny")
-        _out(f"installed model {installed} (UNTRAINED: scores are meaningless)")
+        out(f"installed model {installed} (UNTRAINED: scores are meaningless)")
     model = registry.list()[0]
-    with _db_transaction(settings) as session:
+    with db_transaction(settings) as session:
         if session.query(Route).count() == 0:
             upsert_route(
                 session=session, name="chest-xray", model_name=model.name, modalities=["CR", "DX"]
             )
-            _out(f"added route chest-xray (CR, DX) -> {model.name}")
-    _out(f"data folder: {settings.resolved_data_dir}")
-    return 0
-
-
-def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
-    from models.registry import ModelRegistry
-
-    for entry in ModelRegistry(settings.models_dir).list():
-        trained = "trained" if entry.card.trained else "UNTRAINED"
-        _out(f"{entry.name} {entry.version} {entry.sha256[:12]} {trained}")
-    return 0
-
-
-def cmd_models_build(args: argparse.Namespace, settings: Settings) -> int:
-    _out(f"installed {_install_built(settings, args.kind)}")
+            out(f"added route chest-xray (CR, DX) -> {model.name}")
+    out(f"data folder: {settings.resolved_data_dir}")
     return 0
 
 
@@ -157,7 +120,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         subprocess.Popen([sys.executable, "-m", "radlight", name], env=env)
         for name in ("dicom-node", "worker", "api")
     ]
-    _out(
+    out(
         f"RadLight running: DICOM {settings.ae_title}@{settings.dicom_host}:{settings.dicom_port}, "
         f"API http://{settings.api_host}:{settings.api_port}/api/v1/studies (Ctrl-C stops)"
     )
@@ -184,23 +147,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if stopping else max(exit_code, 1)
 
 
-@contextmanager
-def _db_transaction(settings: Settings) -> "Iterator[Session]":
-    """A committed-on-success session on a short-lived engine, for one CLI command."""
-    from db.session import make_engine, make_session_factory, transaction
-
-    engine = make_engine(settings.effective_database_url)
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
 def cmd_destination_add(args: argparse.Namespace, settings: Settings) -> int:
     from db.config import upsert_destination
 
-    with _db_transaction(settings) as session:
+    with db_transaction(settings) as session:
         upsert_destination(
             session=session,
             name=args.name,
@@ -208,14 +158,14 @@ def cmd_destination_add(args: argparse.Namespace, settings: Settings) -> int:
             port=args.port,
             ae_title=args.ae_title,
         )
-    _out(f"destination {args.name} -> {args.ae_title}@{args.host}:{args.port}")
+    out(f"destination {args.name} -> {args.ae_title}@{args.host}:{args.port}")
     return 0
 
 
 def cmd_route_add(args: argparse.Namespace, settings: Settings) -> int:
     from db.config import upsert_route
 
-    with _db_transaction(settings) as session:
+    with db_transaction(settings) as session:
         try:
             upsert_route(
                 session=session,
@@ -229,7 +179,7 @@ def cmd_route_add(args: argparse.Namespace, settings: Settings) -> int:
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
-    _out(f"route {args.name} -> model {args.model}")
+    out(f"route {args.name} -> model {args.model}")
     return 0
 
 
@@ -250,13 +200,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             ):
                 rows = session.execute(select(column, func.count()).group_by(column)).all()
                 counts = ", ".join(f"{state}: {count}" for state, count in rows) or "none"
-                _out(f"{label}: {counts}")
+                out(f"{label}: {counts}")
                 del model
             failures = session.scalar(select(func.count()).select_from(IngestFailure))
-            _out(f"refused instances: {failures}")
+            out(f"refused instances: {failures}")
             for result in session.scalars(select(Result).order_by(Result.id)):
                 path = settings.store_dir / result.relative_path
-                _out(f"result {result.kind}: {path}")
+                out(f"result {result.kind}: {path}")
     finally:
         engine.dispose()
     return 0
@@ -284,13 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run node, worker and API together on this machine")
     add("status", cmd_status, "summarise studies, jobs, results and deliveries")
 
-    models = sub.add_parser("models", help="model registry").add_subparsers(
-        dest="models_cmd", required=True
-    )
-    models.add_parser("list", help="installed models").set_defaults(func=cmd_models_list)
-    build = models.add_parser("build", help="build and install a bundled model")
-    build.set_defaults(func=cmd_models_build)
-    build.add_argument("kind", choices=BUNDLED_MODELS)
+    add_model_commands(sub)
 
     dest = sub.add_parser("destinations", help="result destinations").add_subparsers(
         dest="dest_cmd", required=True

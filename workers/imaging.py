@@ -1,7 +1,17 @@
 """From a stored DICOM instance to a windowed 8-bit frontal chest image, or a reason why not.
 
 Decoding covers every transfer syntax pydicom can decode with the pylibjpeg and gdcm plugins.
+
+The patient's age (for models restricted to an age range) comes from PatientAge (AS, ``nnnD``,
+``nnnW``, ``nnnM`` or ``nnnY``), or else from PatientBirthDate and the StudyDate (then SeriesDate,
+AcquisitionDate). A bare number such as ``"58"`` is not valid AS, but real archives hold it (the
+NIH-derived test files do) and it can only mean years, so it is read as years. Ages are compared in
+completed years (18 months is 1 y).
 """
+
+import re
+from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,6 +25,74 @@ CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "PORT CHEST"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"})
 MIN_SIDE = 64
 MAX_SIDE = 8192
+MAX_AGE_YEARS = 150
+_AGE_STRING = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
+_AGE_UNITS = {"D": ("days", 1 / 365.25), "W": ("weeks", 7 / 365.25), "M": ("months", 1 / 12)}
+
+
+@dataclass(frozen=True)
+class PatientAge:
+    """A patient's age in completed years, and how it was stated (``"58 y"``, ``"18 months"``)."""
+
+    years: int
+    text: str
+
+
+def patient_age(ds: Dataset) -> PatientAge | None:
+    """The patient's age from PatientAge, or PatientBirthDate and the study date; None if unknown."""
+    stated = str(ds.get("PatientAge", "") or "")
+    match = _AGE_STRING.match(stated)
+    if match:
+        number, unit = int(match.group(1)), match.group(2).upper()
+        if unit in _AGE_UNITS:
+            name, per_year = _AGE_UNITS[unit]
+            return PatientAge(int(number * per_year + 1e-9), f"{number} {name}")
+        if number <= MAX_AGE_YEARS:
+            return PatientAge(number, f"{number} y")
+    birth = _dicom_date(ds.get("PatientBirthDate"))
+    seen = next(
+        (
+            d
+            for d in (
+                _dicom_date(ds.get(k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate")
+            )
+            if d is not None
+        ),
+        None,
+    )
+    if birth is None or seen is None or seen < birth:
+        return None
+    years = seen.year - birth.year - ((seen.month, seen.day) < (birth.month, birth.day))
+    return PatientAge(years, f"{years} y") if years <= MAX_AGE_YEARS else None
+
+
+def _dicom_date(value: object) -> date | None:
+    text = str(value or "").strip()
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def check_age_range(
+    ds: Dataset, age_range_years: tuple[int, int] | None, population: str | None = None
+) -> None:
+    """Raise NotAnalysableError unless the patient's age is within the model's range (both ends
+    included, completed years); with a range, an unknown age is not analysed either."""
+    if age_range_years is None:
+        return
+    low, high = age_range_years
+    what = f"this model's range {low}\u2013{high} y" + (f" ({population})" if population else "")
+    age = patient_age(ds)
+    if age is None:
+        raise NotAnalysableError(
+            f"patient age is unknown (no valid PatientAge, or PatientBirthDate and StudyDate); "
+            f"{what} requires it"
+        )
+    if not low <= age.years <= high:
+        raise NotAnalysableError(f"patient age {age.text} is outside {what}")
 
 
 def check_frontal_chest(ds: Dataset) -> None:
@@ -88,3 +166,20 @@ def _window_range(ds: Dataset) -> tuple[float, float] | None:
 def load_frontal_chest(ds: Dataset) -> NDArray[np.uint8]:
     check_frontal_chest(ds)
     return to_display_uint8(ds)
+
+
+def check_input_contract(
+    ds: Dataset, modalities: tuple[str, ...], view_positions: tuple[str, ...]
+) -> None:
+    """Raise NotAnalysableError when a present Modality or ViewPosition is not one the model's
+    card lists; absent values are tolerated, as in :func:`check_frontal_chest`."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality and modality not in {m.upper() for m in modalities}:
+        raise NotAnalysableError(
+            f"modality {modality} is not one this model reads ({', '.join(modalities)})"
+        )
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    if view and view not in {v.upper() for v in view_positions}:
+        raise NotAnalysableError(
+            f"view position {view} is not one this model reads ({', '.join(view_positions)})"
+        )

@@ -1,7 +1,9 @@
 """The chest X-ray pipeline: where stored instances, models and result builders meet.
 
-claim job → load inputs → select frontal chest images → preprocess → classifier + CAMs →
-SC overlays and a TID 1500 SR with deterministic UIDs → store, record → queue deliveries.
+claim job → load inputs → select frontal chest images (and, for an age-restricted model, patients
+within the card's age range) → preprocess → model: probabilities + one heatmap per label (CAMs for
+classifier-cam/1, the in-graph map for probabilities-heatmap/1) → SC overlays and a TID 1500 SR
+with deterministic UIDs → store, record → queue deliveries.
 """
 
 import logging
@@ -21,16 +23,17 @@ from db.deliveries import ensure_deliveries, reopen_delivery
 from db.jobs import claim_job, finish_job
 from db.models import DeliveryState, Instance, Job, JobState, Result, ResultKind
 from db.session import transaction
-from models.cam import cam_to_image, class_activation_maps
+from models.cam import cam_to_image
+from models.card import InputContract
 from models.labels import finding_code
 from models.preprocess import prepare_image
 from models.registry import ModelEntry
-from models.runtime import load_classifier
+from models.runtime import load_model
 from radlight.errors import ModelError, NotAnalysableError
 from radlight.logs import log_context
 from radlight.uids import deterministic_uid
 from workers.context import WorkerContext
-from workers.imaging import load_frontal_chest
+from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 from workers.results import (
     AlgorithmInfo,
     FindingScore,
@@ -90,14 +93,18 @@ def _load_inputs(session: Session, job_id: int) -> JobInputs:
 
 
 def _read_inputs(
-    ctx: WorkerContext, inputs: JobInputs
+    ctx: WorkerContext, inputs: JobInputs, contract: InputContract | None = None
 ) -> tuple[list[AnalysedImage], dict[str, str]]:
     analysed: list[AnalysedImage] = []
     skipped: dict[str, str] = {}
     for sop_uid, relative_path in inputs.instances:
         try:
             dataset = dcmread(BytesIO(ctx.store.read(relative_path)))
-            analysed.append(AnalysedImage(dataset, load_frontal_chest(dataset)))
+            display = load_frontal_chest(dataset)
+            if contract is not None:
+                check_input_contract(dataset, contract.modalities, contract.view_positions)
+                check_age_range(dataset, contract.age_range_years, contract.population)
+            analysed.append(AnalysedImage(dataset, display))
         except NotAnalysableError as exc:
             skipped[sop_uid] = str(exc)
         except (InvalidDicomError, EOFError, ValueError) as exc:
@@ -116,10 +123,10 @@ def build_results(
 ) -> list[BuiltResult]:
     """Run the model over ``images`` and build every result object; pure apart from inference."""
     card = entry.card
-    classifier = load_classifier(entry)
+    model = load_model(entry)
     prepared = [prepare_image(image.display, card.preprocessing) for image in images]
-    output = classifier.predict(np.stack([p.tensor for p in prepared]))
-    cams = class_activation_maps(output.features, classifier.cam_weights)
+    output = model.infer(np.stack([p.tensor for p in prepared]))
+    cams = output.heatmaps
     algorithm = AlgorithmInfo(name=card.name, version=card.version, sha256=entry.sha256)
     labels = card.label_names
 
@@ -242,7 +249,7 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
             entry = ctx.registry.get(inputs.model_name, inputs.model_version)
         except ModelError as exc:
             return _finish(ctx, job_id, JobState.FAILED, f"model unavailable: {exc}")
-        images, skipped = _read_inputs(ctx, inputs)
+        images, skipped = _read_inputs(ctx, inputs, entry.card.input)
         skipped_note = "; ".join(f"{uid}: {why}" for uid, why in sorted(skipped.items()))
         if not images:
             return _finish(

@@ -6,6 +6,7 @@ real files cannot (12/16-bit with a window, colour, constant).
 """
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,12 @@ from pydicom.uid import (
 )
 
 from radlight.errors import NotAnalysableError
-from workers.imaging import check_frontal_chest, load_frontal_chest, to_display_uint8
+from workers.imaging import (
+    check_frontal_chest,
+    check_input_contract,
+    load_frontal_chest,
+    to_display_uint8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +292,25 @@ def test_to_display_uint8_refuses_non_greyscale_photometric(real: Dataset) -> No
     real.PhotometricInterpretation = "PALETTE COLOR"
     with pytest.raises(NotAnalysableError, match="photometric interpretation PALETTE COLOR"):
         to_display_uint8(real)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ViewPosition": "AP"}, None),
+        ({"ViewPosition": "PA"}, None),
+        ({}, None),
+        ({"ViewPosition": "LLD"}, "view position LLD is not one this model reads (AP, PA)"),
+        ({"Modality": "CR"}, "modality CR is not one this model reads (DX)"),
+    ],
+)
+def test_card_input_contract(changes: dict[str, str], message: str | None) -> None:
+    ds = Dataset()
+    ds.Modality = "DX"
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    if message is None:
+        check_input_contract(ds, ("DX",), ("AP", "PA"))
+    else:
+        with pytest.raises(NotAnalysableError, match=re.escape(message)):
+            check_input_contract(ds, ("DX",), ("AP", "PA"))
