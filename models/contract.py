@@ -84,6 +84,22 @@ def _initializer(graph: onnx.GraphProto, name: str) -> FloatArray:
     raise ModelError(f"initializer {name!r} named in the model metadata is not in the graph")
 
 
+def _graph_io(
+    model: onnx.ModelProto, input_name: str, output_names: tuple[str, ...]
+) -> tuple[dict[str, onnx.ValueInfoProto], dict[str, onnx.ValueInfoProto]]:
+    """The graph's real inputs (not initializers) and its outputs, checked against the names."""
+    graph = model.graph
+    initializer_names = {tensor.name for tensor in graph.initializer}
+    inputs = {vi.name: vi for vi in graph.input if vi.name not in initializer_names}
+    outputs = {vi.name: vi for vi in graph.output}
+    if list(inputs) != [input_name]:
+        raise ModelError(f"graph inputs are {list(inputs)}, expected [{input_name!r}]")
+    for name in output_names:
+        if name not in outputs:
+            raise ModelError(f"graph has no output {name!r} (outputs: {list(outputs)})")
+    return inputs, outputs
+
+
 def read_contract(
     model: onnx.ModelProto,
     *,
@@ -103,14 +119,7 @@ def read_contract(
     except KeyError as exc:
         raise ModelError(f"model metadata lacks {exc.args[0]!r}") from exc
     graph = model.graph
-    initializer_names = {tensor.name for tensor in graph.initializer}
-    inputs = {vi.name: vi for vi in graph.input if vi.name not in initializer_names}
-    outputs = {vi.name: vi for vi in graph.output}
-    if list(inputs) != [input_name]:
-        raise ModelError(f"graph inputs are {list(inputs)}, expected [{input_name!r}]")
-    for name in (probabilities_name, features_name):
-        if name not in outputs:
-            raise ModelError(f"graph has no output {name!r} (outputs: {list(outputs)})")
+    inputs, outputs = _graph_io(model, input_name, (probabilities_name, features_name))
     for name, vi in (*inputs.items(), *outputs.items()):
         if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise ModelError(f"graph tensor {name!r} is not float32")
@@ -227,15 +236,7 @@ def read_heatmap_contract(
     The heatmap is computed inside the graph (for the pneumonia demo, an exact Grad-CAM), so there
     are no weights to read; its shape is ``[N, h, w]`` or ``[N, L, h, w]``.
     """
-    graph = model.graph
-    initializer_names = {tensor.name for tensor in graph.initializer}
-    inputs = {vi.name: vi for vi in graph.input if vi.name not in initializer_names}
-    outputs = {vi.name: vi for vi in graph.output}
-    if list(inputs) != [input_name]:
-        raise ModelError(f"graph inputs are {list(inputs)}, expected [{input_name!r}]")
-    for name in (probabilities_name, heatmap_name):
-        if name not in outputs:
-            raise ModelError(f"graph has no output {name!r} (outputs: {list(outputs)})")
+    inputs, outputs = _graph_io(model, input_name, (probabilities_name, heatmap_name))
     for name, vi in ((input_name, inputs[input_name]), *outputs.items()):
         if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise ModelError(f"graph tensor {name!r} is not float32")
