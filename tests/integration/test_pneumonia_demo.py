@@ -44,7 +44,7 @@ from tests.pneumonia_build import build_demo_once, demo_build_dir, write_pediatr
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PNEUMONIA_CODE = "233604007"
-BROKER_DB = 14
+BROKER_DB = 12  # Redis databases: 2-3 walking skeleton, 12 this, 13 queue routing, 14 assembly
 
 
 @dataclass
