@@ -5,11 +5,18 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Destination, Route
+from db.models import Destination, Route, SCEncoding
 
 
 def upsert_destination(
-    *, session: Session, name: str, host: str, port: int, ae_title: str, enabled: bool = True
+    *,
+    session: Session,
+    name: str,
+    host: str,
+    port: int,
+    ae_title: str,
+    enabled: bool = True,
+    sc_encoding: SCEncoding | str = SCEncoding.LOSSLESS,
 ) -> Destination:
     destination = session.scalars(select(Destination).where(Destination.name == name)).one_or_none()
     if destination is None:
@@ -19,6 +26,7 @@ def upsert_destination(
     destination.port = port
     destination.ae_title = ae_title
     destination.enabled = enabled
+    destination.sc_encoding = SCEncoding(sc_encoding)
     session.flush()
     return destination
 
@@ -37,6 +45,8 @@ def upsert_route(
     destination_names: Sequence[str] = (),
     priority: int = 100,
     enabled: bool = True,
+    produce_seg: bool = False,
+    produce_gsps: bool = False,
 ) -> Route:
     route = session.scalars(select(Route).where(Route.name == name)).one_or_none()
     if route is None:
@@ -51,6 +61,8 @@ def upsert_route(
     route.sop_class_uids = ",".join(sop_class_uids) if sop_class_uids else None
     route.priority = priority
     route.enabled = enabled
+    route.produce_seg = produce_seg
+    route.produce_gsps = produce_gsps
     if destination_names:
         found = list(
             session.scalars(select(Destination).where(Destination.name.in_(destination_names)))

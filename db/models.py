@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -91,8 +92,19 @@ class DeliveryState(enum.StrEnum):
 
 
 class ResultKind(enum.StrEnum):
-    HEATMAP_SC = "heatmap_sc"
-    FINDINGS_SR = "findings_sr"
+    HEATMAP_SC = "heatmap_sc"  # one finding's heatmap over the source
+    SUMMARY_SC = "summary_sc"  # every present finding's region outlined
+    FINDINGS_SR = "findings_sr"  # TID 1500 report of every finding
+    PROBABILITY_SEG = "probability_seg"  # fractional SEG, one segment per present finding
+    REGION_GSPS = "region_gsps"  # presentation state with the regions as annotations
+    NOT_ANALYSED_SR = "not_analysed_sr"  # the study was seen but not analysed, and why
+
+
+class SCEncoding(enum.StrEnum):
+    """How a destination wants Secondary Capture images: lossless, or JPEG baseline (lossy)."""
+
+    LOSSLESS = "lossless"
+    JPEG_BASELINE = "jpeg_baseline"
 
 
 def _enum(cls: type[enum.StrEnum]) -> Enum:
@@ -182,6 +194,9 @@ class Destination(Base):
     port: Mapped[int] = mapped_column(Integer)
     ae_title: Mapped[str] = mapped_column(AE_TITLE)
     enabled: Mapped[bool] = mapped_column(default=True)
+    sc_encoding: Mapped[SCEncoding] = mapped_column(
+        _enum(SCEncoding), default=SCEncoding.LOSSLESS, server_default=SCEncoding.LOSSLESS.value
+    )
 
 
 class Route(Base):
@@ -203,6 +218,8 @@ class Route(Base):
     pipeline: Mapped[str] = mapped_column(String(64), default="chest-classifier")
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str | None] = mapped_column(String(64))
+    produce_seg: Mapped[bool] = mapped_column(default=False, server_default=false())
+    produce_gsps: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     destinations: Mapped[list[Destination]] = relationship(secondary=route_destination)
 
@@ -243,6 +260,7 @@ class Result(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
     kind: Mapped[ResultKind] = mapped_column(_enum(ResultKind))
+    sc_encoding: Mapped[SCEncoding | None] = mapped_column(_enum(SCEncoding))
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     series_instance_uid: Mapped[str] = mapped_column(UID)

@@ -157,6 +157,7 @@ def cmd_destination_add(args: argparse.Namespace, settings: Settings) -> int:
             host=args.host,
             port=args.port,
             ae_title=args.ae_title,
+            sc_encoding=args.sc_encoding,
         )
     out(f"destination {args.name} -> {args.ae_title}@{args.host}:{args.port}")
     return 0
@@ -176,6 +177,8 @@ def cmd_route_add(args: argparse.Namespace, settings: Settings) -> int:
                 calling_ae=args.calling_ae,
                 modalities=args.modality or None,
                 destination_names=args.destination or (),
+                produce_seg=args.seg,
+                produce_gsps=args.gsps,
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
@@ -245,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     dest_add.add_argument("--host", required=True)
     dest_add.add_argument("--port", type=int, required=True)
     dest_add.add_argument("--ae-title", required=True)
+    dest_add.add_argument(
+        "--sc-encoding",
+        choices=("lossless", "jpeg_baseline"),
+        default="lossless",
+        help="how this destination gets Secondary Capture images (JPEG baseline is lossy)",
+    )
 
     routes = sub.add_parser("routes", help="routing rules").add_subparsers(
         dest="route_cmd", required=True
@@ -258,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     route_add.add_argument("--calling-ae")
     route_add.add_argument("--modality", action="append")
     route_add.add_argument("--destination", action="append")
+    route_add.add_argument("--seg", action="store_true", help="also send a probability SEG")
+    route_add.add_argument(
+        "--gsps", action="store_true", help="also send a presentation state with the regions"
+    )
     return parser
 
 

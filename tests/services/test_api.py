@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.config import upsert_route
 from db.ingest import ReceivedInstance, record_instance
 from db.jobs import create_job_if_new
+from db.migrate import head_revision
 from db.session import transaction
 from radlight.settings import Settings
 from services.app import create_app
@@ -58,7 +59,7 @@ def test_health_and_ready(client: TestClient) -> None:
     assert client.get("/health").json()["status"] == "ok"
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["schema"] == "0001"
+    assert ready.json()["schema"] == head_revision()
 
 
 def test_ready_is_503_on_an_unmigrated_database(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_ready_is_503_on_an_unmigrated_database(tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as test_client:
         response = test_client.get("/ready")
     assert response.status_code == 503
-    assert "need 0001" in response.json()["detail"]
+    assert f"need {head_revision()}" in response.json()["detail"]
 
 
 def test_studies_and_jobs_are_listed(client: TestClient, job_id: int) -> None:
