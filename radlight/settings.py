@@ -47,7 +47,12 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=5, ge=1, le=100)
     delivery_backoff_s: float = Field(default=2.0, gt=0)
     result_ae_title: str = Field(default="RADLIGHT", min_length=1, max_length=16)
-    overlays_per_image: int = Field(default=1, ge=1, le=14)
+    overlays_per_image: int = Field(
+        default=3, ge=0, le=14, description="SC overlays for the top present findings per image."
+    )
+    default_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Operating threshold where a card sets none."
+    )
 
     log_json: bool = True
     log_level: str = "INFO"

@@ -108,12 +108,19 @@ def test_job_results_are_stored_recorded_and_deterministic(
     assert job.model_version == tiny_model.card.version
     results = results_of(ctx)
     overlays = [r for r in results if r.kind is ResultKind.HEATMAP_SC]
+    summaries = [r for r in results if r.kind is ResultKind.SUMMARY_SC]
     reports = [r for r in results if r.kind is ResultKind.FINDINGS_SR]
-    assert len(overlays) == 2  # overlays_per_image = 1, two images
     assert len(reports) == 1
-    assert sorted(r.source_sop_instance_uid or "" for r in overlays) == inputs
+    present = reports[0].summary["present"]
+    assert isinstance(present, dict)
+    # One overlay per present finding (at most overlays_per_image), one summary per image.
+    cap = ctx.settings.overlays_per_image
+    assert len(overlays) == sum(min(cap, len(labels)) for labels in present.values())
+    assert sorted(r.source_sop_instance_uid or "" for r in summaries) == inputs
+    assert {r.source_sop_instance_uid for r in overlays} <= set(inputs)
     assert reports[0].source_sop_instance_uid is None
     assert sorted(reports[0].summary["findings"]) == inputs
+    expected_files = len(overlays) + len(summaries) + len(reports)
     labels = set(tiny_model.card.label_names)
     for result in results:
         assert result.job_id == job_id
@@ -132,17 +139,21 @@ def test_job_results_are_stored_recorded_and_deterministic(
             )
             assert result.summary["finding"] in labels
             assert 0.0 <= float(result.summary["probability"]) <= 1.0
+        elif result.kind is ResultKind.SUMMARY_SC:
+            assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == (
+                result.source_sop_instance_uid
+            )
         else:
             assert set(inputs) <= referenced_uids(ds)
-    assert len([p for p in result_files(ctx) if p.is_file()]) == 3  # no temp files left
+    assert len([p for p in result_files(ctx) if p.is_file()]) == expected_files  # no temp files
     before = file_digests(ctx)
 
     # A re-run of the same job replaces its results: same UIDs, same bytes, no new rows.
     set_job_state(ctx, job_id, JobState.QUEUED)
     assert run_job(job_id, ctx) is JobState.SUCCEEDED
     assert file_digests(ctx) == before
-    assert len(results_of(ctx)) == 3
-    assert len([p for p in result_files(ctx) if p.is_file()]) == 3
+    assert len(results_of(ctx)) == expected_files
+    assert len([p for p in result_files(ctx) if p.is_file()]) == expected_files
     assert get_job(ctx, job_id).attempts == 2
 
     # A finished or running job cannot be claimed again: nothing runs, nothing changes.
@@ -173,7 +184,10 @@ def test_deliveries_are_queued_and_reopened_by_a_rerun(
 
     with ctx.sessions() as session:
         deliveries = list(session.scalars(select(Delivery).order_by(Delivery.id)))
-    assert len(deliveries) == 2  # one SC overlay and one SR, to the one destination
+    with ctx.sessions() as session:
+        result_count = len(list(session.scalars(select(Result))))
+    assert result_count >= 2  # at least the summary SC and the SR
+    assert len(deliveries) == result_count  # every result, to the one destination
     assert {(d.state, d.attempts) for d in deliveries} == {(DeliveryState.PENDING, 0)}
     ids = [d.id for d in deliveries]
     # File names start with a millisecond clock, so two messages of one millisecond may swap.
@@ -217,8 +231,13 @@ def test_lateral_only_study_is_not_analysed(
     assert job.reason is not None
     assert job.reason.startswith("not analysed: ")
     assert f"{sop_uid(lateral)}: view position LL is lateral" in job.reason
-    assert results_of(ctx) == []
-    assert result_files(ctx) == []
+    # The radiologist is told: one "not analysed" SR with the coded reason, nothing else.
+    (report,) = results_of(ctx)
+    assert report.kind is ResultKind.NOT_ANALYSED_SR
+    ds = pydicom.dcmread(ctx.store.absolute(report.relative_path))
+    assert sop_uid(lateral) in referenced_uids(ds)
+    assert "lateral" in str(report.summary["reasons"]).lower()
+    assert len([p for p in result_files(ctx) if p.is_file()]) == 1
 
 
 def test_mixed_study_analyses_the_frontal_view_and_names_the_skipped_one(
@@ -242,9 +261,15 @@ def test_mixed_study_analyses_the_frontal_view_and_names_the_skipped_one(
     assert f"{sop_uid(lateral)}: view position LL is lateral" in job.reason
     assert sop_uid(frontal) not in job.reason
     results = results_of(ctx)
-    assert sorted(r.kind for r in results) == [ResultKind.FINDINGS_SR, ResultKind.HEATMAP_SC]
-    (overlay,) = [r for r in results if r.kind is ResultKind.HEATMAP_SC]
-    assert overlay.source_sop_instance_uid == sop_uid(frontal)
+    assert {r.kind for r in results} <= {
+        ResultKind.FINDINGS_SR,
+        ResultKind.HEATMAP_SC,
+        ResultKind.SUMMARY_SC,
+    }
+    (summary,) = [r for r in results if r.kind is ResultKind.SUMMARY_SC]
+    assert summary.source_sop_instance_uid == sop_uid(frontal)
+    for overlay in [r for r in results if r.kind is ResultKind.HEATMAP_SC]:
+        assert overlay.source_sop_instance_uid == sop_uid(frontal)
     (report,) = [r for r in results if r.kind is ResultKind.FINDINGS_SR]
     referenced = referenced_uids(pydicom.dcmread(ctx.store.absolute(report.relative_path)))
     assert sop_uid(frontal) in referenced

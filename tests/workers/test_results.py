@@ -33,7 +33,10 @@ from workers.results import (
     build_findings_report,
     build_heatmap_overlay,
 )
+from workers.results.common import AI_RESULT_WARNING
 from workers.results.overlay import LegendText, blend_heatmap, check_heatmap, render_legend
+from workers.results.regions import FindingResult, ImageFindings
+from workers.results.sr import INTENDED_USE
 
 WHEN = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456)
 ALGORITHM = AlgorithmInfo(
@@ -133,6 +136,18 @@ def overlay_for(
     )
 
 
+def image_findings(
+    source: pydicom.Dataset, scores: list[FindingScore], threshold: float = 0.5
+) -> ImageFindings:
+    """``scores`` on ``source`` at one threshold, without heatmaps or regions."""
+    display = np.zeros((int(source.Rows), int(source.Columns)), dtype=np.uint8)
+    return ImageFindings(
+        source=source,
+        display=display,
+        findings=[FindingResult(score=score, threshold=threshold) for score in scores],
+    )
+
+
 def report_for(
     sources: list[pydicom.Dataset],
     *,
@@ -140,16 +155,13 @@ def report_for(
     sop_instance_uid: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     return build_findings_report(
-        sources=sources,
-        findings={
-            str(source.SOPInstanceUID): all_findings(0.01 * i) for i, source in enumerate(sources)
-        },
+        images=[image_findings(source, all_findings(0.01 * i)) for i, source in enumerate(sources)],
         algorithm=ALGORITHM,
         series_instance_uid=deterministic_uid("test", "report-series"),
         sop_instance_uid=sop_instance_uid or deterministic_uid("test", "report"),
         series_number=902,
         instance_number=1,
-        overlays=overlays or (),
+        evidence=overlays or (),
         content_datetime=WHEN,
     )
 
@@ -201,7 +213,8 @@ def test_overlay_round_trips_and_references_its_source(source: pydicom.Dataset) 
         assert text in written.DerivationDescription
         assert text in written.ImageComments
     assert "Cardiomegaly 0.54" in written.ImageComments
-    assert radlight.NOT_FOR_PRIMARY_DIAGNOSIS in written.DerivationDescription
+    assert AI_RESULT_WARNING in written.DerivationDescription
+    assert AI_RESULT_WARNING in written.ImageComments
     equipment = written.ContributingEquipmentSequence[0]
     assert equipment.ManufacturerModelName == ALGORITHM.name
     assert ALGORITHM.version in equipment.SoftwareVersions
@@ -356,7 +369,11 @@ def test_report_round_trips_with_every_finding(source: pydicom.Dataset) -> None:
         assert modifiers["111001"] == ALGORITHM.name  # Algorithm Name
         assert modifiers["111003"] == ALGORITHM.version  # Algorithm Version
         assert modifiers["111002"] == f"model sha256={ALGORITHM.sha256}"  # Algorithm Parameters
-    evaluations = group.get_qualitative_evaluations()
+    evaluations = group.get_qualitative_evaluations(
+        name=hd.sr.CodedConcept(
+            INTENDED_USE.value, INTENDED_USE.scheme_designator, INTENDED_USE.meaning
+        )
+    )
     meanings = [e[0].ConceptCodeSequence[0].CodeMeaning for e in evaluations]
     assert meanings == [radlight.NOT_FOR_PRIMARY_DIAGNOSIS]
 
@@ -404,39 +421,34 @@ def test_report_groups_findings_per_image_of_one_study(
 
 
 def _report(
-    sources: list[pydicom.Dataset],
-    findings: dict[str, list[FindingScore]],
-    overlays: list[hd.sc.SCImage] | None = None,
+    images: list[ImageFindings], evidence: list[hd.sc.SCImage] | None = None
 ) -> hd.sr.ComprehensiveSR:
     return build_findings_report(
-        sources=sources,
-        findings=findings,
+        images=images,
         algorithm=ALGORITHM,
         series_instance_uid=deterministic_uid("s"),
         sop_instance_uid=deterministic_uid("i"),
         series_number=1,
         instance_number=1,
-        overlays=overlays or (),
+        evidence=evidence or (),
     )
 
 
 def test_report_refuses_inconsistent_inputs(sources: list[pydicom.Dataset]) -> None:
     first, other_study = sources
-    uid = str(first.SOPInstanceUID)
-    with pytest.raises(ValueError, match="not sources"):
-        _report([first], {uid: all_findings(), "1.2.3": all_findings()})
+    with pytest.raises(ValueError, match="repeat"):
+        _report([image_findings(first, all_findings()), image_findings(first, all_findings())])
     with pytest.raises(ValueError, match="no findings"):
-        _report([first], {uid: []})
+        _report([image_findings(first, [])])
     with pytest.raises(ValueError, match="one study"):
         _report(
-            [first, other_study],
-            {uid: all_findings(), str(other_study.SOPInstanceUID): all_findings()},
+            [image_findings(first, all_findings()), image_findings(other_study, all_findings())]
         )
     twice = [FindingScore.for_label("Mass", 0.1), FindingScore.for_label("Mass", 0.2)]
     with pytest.raises(ValueError, match="twice"):
-        _report([first], {uid: twice})
+        _report([image_findings(first, twice)])
     with pytest.raises(ValueError, match="another study"):
-        _report([first], {uid: all_findings()}, overlays=[overlay_for(other_study)])
+        _report([image_findings(first, all_findings())], evidence=[overlay_for(other_study)])
 
 
 # -- value objects ----------------------------------------------------------------------------

@@ -46,6 +46,8 @@ _TYPE2_PATIENT_STUDY = (
 )
 _PATIENT_SEX = frozenset({"M", "F", "O"})
 _HIGHDICOM_MODEL_NAME = "highdicom"
+# The words every burned-in result shows (Secondary Capture legends, presentation-state labels).
+AI_RESULT_WARNING = "AI result - not for primary diagnosis"
 # pydicom's wording when highdicom flags a single-component person name; such names are valid DICOM
 # and must be copied unchanged so the result files under the same patient in the PACS.
 _SINGLE_COMPONENT_NAME_WARNING = r".*unlikely to represent the intended person name.*"

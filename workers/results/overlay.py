@@ -1,4 +1,5 @@
-"""Pixels of the heatmap overlay: a jet colour map, the blend, and the burned-in legend band.
+"""Pixels of the Secondary Capture overlays: the jet colour map and blend of a heatmap overlay, the
+region outlines of a summary image, and the burned-in legend bands of both.
 
 numpy and Pillow only (no matplotlib on the worker). Everything here is deterministic: the same
 arrays and text give the same pixels.
@@ -12,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-import radlight
+from workers.results.common import AI_RESULT_WARNING
 
 # Opacity of the colour where the heatmap is 1; it falls to 0 where the heatmap is 0, so regions
 # the model ignored keep their plain grey image.
@@ -27,6 +28,28 @@ _TITLE = (255, 255, 255)
 _DETAIL = (200, 200, 200)
 _WARNING = (255, 191, 0)
 _ELLIPSIS = "..."
+
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class OutlineColour:
+    """A colour of the summary image's palette, with the name the header text uses for it."""
+
+    name: str
+    rgb: RGB
+
+
+# Saturated colours that stay apart from each other and from every grey of the radiograph
+# (the spread between each colour's channels is at least 120), none of them the legend's amber warning colour.
+# Outlines take them in order: the highest-scoring finding is red.
+SUMMARY_PALETTE: tuple[OutlineColour, ...] = (
+    OutlineColour("red", (230, 25, 75)),
+    OutlineColour("green", (60, 180, 75)),
+    OutlineColour("blue", (0, 130, 200)),
+    OutlineColour("magenta", (240, 50, 230)),
+    OutlineColour("cyan", (70, 240, 240)),
+)
 
 
 def _jet(values: NDArray[np.float64]) -> NDArray[np.uint8]:
@@ -99,7 +122,7 @@ class LegendText:
 
     title: str
     detail: str
-    warning: str = radlight.NOT_FOR_PRIMARY_DIAGNOSIS
+    warning: str = AI_RESULT_WARNING
 
 
 @functools.lru_cache(maxsize=64)
@@ -213,3 +236,102 @@ def compose_overlay(
     blended = blend_heatmap(display_image, heatmap)
     band = render_legend(display_image.shape[1], text)
     return np.ascontiguousarray(np.concatenate([blended, band], axis=0))
+
+
+# -- summary image: region outlines and a legend with a swatch per finding ---------------------
+
+
+def outline_width_for(shape: tuple[int, int]) -> int:
+    """Outline thickness in pixels: 4 on a full-size radiograph, 3 on a small image."""
+    return 4 if min(shape) >= 512 else 3
+
+
+def pixel_box(
+    box: tuple[float, float, float, float], shape: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
+    """Whole pixels ``(left, top, right, bottom)`` (inclusive) covering the box ``(x0, y0, x1, y1)``
+    (x1, y1 exclusive), clipped to an image of ``shape``; None when nothing of it is inside."""
+    rows, columns = shape
+    x0, y0, x1, y1 = box
+    left, top = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    right, bottom = min(columns, int(np.ceil(x1))) - 1, min(rows, int(np.ceil(y1))) - 1
+    if left > right or top > bottom:
+        return None
+    return left, top, right, bottom
+
+
+def draw_outline(
+    rgb: NDArray[np.uint8], box: tuple[int, int, int, int], colour: RGB, width: int
+) -> None:
+    """Paint (in place) a rectangle outline ``width`` pixels thick just inside the pixel ``box``."""
+    left, top, right, bottom = box
+    paint = np.array(colour, dtype=np.uint8)
+    rgb[top : min(bottom + 1, top + width), left : right + 1] = paint
+    rgb[max(top, bottom + 1 - width) : bottom + 1, left : right + 1] = paint
+    rgb[top : bottom + 1, left : min(right + 1, left + width)] = paint
+    rgb[top : bottom + 1, max(left, right + 1 - width) : right + 1] = paint
+
+
+def grey_to_rgb(display_image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """The MONOCHROME2 image as RGB with R = G = B."""
+    rgb: NDArray[np.uint8] = np.repeat(display_image[..., None], 3, axis=2)
+    return rgb
+
+
+@dataclass(frozen=True)
+class SummaryEntry:
+    """One legend line of the summary image; ``colour`` is its outline's, None when not outlined."""
+
+    text: str
+    colour: RGB | None = None
+
+
+def render_summary_legend(
+    width: int, entries: Sequence[SummaryEntry], detail: str, warning: str = AI_RESULT_WARNING
+) -> NDArray[np.uint8]:
+    """A band (rows x ``width`` x 3): a line per entry, led by its colour swatch, then the model
+    line and the warning. Fonts shrink and lines shorten as in ``render_legend``; a band too
+    narrow for the warning is refused (ValueError)."""
+    if width < 1:
+        raise ValueError("legend width must be positive")
+    if not entries:
+        raise ValueError("a summary legend needs at least one line")
+    size = font_size_for_width(width)
+    pad = max(4, size // 2)
+    text_width = width - 2 * pad
+
+    def swatch_room(font_size: int) -> int:
+        return font_size + max(4, font_size // 2)
+
+    font = _font(size)
+    while size > MIN_FONT_PX and not (
+        all(_fits(font, e.text, text_width - swatch_room(size)) for e in entries)
+        and _fits(font, detail, text_width)
+        and _fits(font, warning, text_width)
+    ):
+        size -= 1
+        font = _font(size)
+    if not _fits(font, warning, text_width):
+        raise ValueError(f"image is {width} pixels wide: too narrow for a readable legend")
+    indent = swatch_room(size)
+    lines = [_shorten(font, e.text, text_width - indent) for e in entries]
+    detail = _shorten(font, detail, text_width)
+
+    ascent, descent = font.getmetrics()
+    line_height = ascent + descent + max(2, size // 4)
+    rule = max(1, size // 12)
+    height = rule + pad + (len(entries) + 2) * line_height + pad
+    band = Image.new("RGB", (width, height), _BAND_BACKGROUND)
+    draw = ImageDraw.Draw(band)
+    draw.rectangle((0, 0, width - 1, rule - 1), fill=_RULE)
+    y = rule + pad
+    for entry, line in zip(entries, lines, strict=True):
+        if entry.colour is not None:
+            top = y + max(0, (ascent - size) // 2 + 1)
+            draw.rectangle((pad, top, pad + size - 1, top + size - 1), fill=entry.colour)
+        draw.text((pad + indent, y), line, font=font, fill=_TITLE)
+        y += line_height
+    for text, colour in ((detail, _DETAIL), (warning, _WARNING)):
+        draw.text((pad, y), text, font=font, fill=colour)
+        y += line_height
+    return np.asarray(band, dtype=np.uint8).copy()

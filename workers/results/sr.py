@@ -1,6 +1,7 @@
-"""The findings report: a TID 1500 Measurement Report in a Comprehensive SR, one group per image.
+"""The SR documents RadLight sends back: the findings report, and the "not analysed" report.
 
-Structure (all through highdicom templates):
+Both are TID 1500 Imaging Measurement Reports in a Comprehensive SR, built through highdicom's
+templates. The findings report:
 
     TID 1500 Imaging Measurement Report
       language (TID 1204), device observer = the algorithm (TID 1001/1002/1004)
@@ -9,30 +10,54 @@ Structure (all through highdicom templates):
       Imaging Measurements
         per source image, TID 1501 Measurement Group
           tracking identifier and UID (derived from the report's SOP Instance UID)
-          source image (121112 "Source of Measurement")
-          per finding, TID 300 Measurement: the finding's code = probability {probability},
+          TID 4019 Algorithm Identification; source image (121112 "Source of Measurement")
+          per finding, TID 300 Measurement: the finding's code = score {probability},
             with TID 4019 Algorithm Identification (name, version, manufacturer, model sha256)
+          per finding, qualitative evaluation: the finding's code = SCT "Present" | "Absent"
+            > HAS PROPERTIES NUM DCM 122411 "Threshold Value" = the operating threshold
+            > HAS CONCEPT MOD TID 4019 Algorithm Identification
           qualitative evaluation "Intended use" = "NOT FOR PRIMARY DIAGNOSIS" (local code)
+        per present finding with a region, TID 1410 Planar ROI Measurement Group
+          tracking identifier and UID; finding type = the finding's code; TID 4019
+          Image Region: SCOORD POLYLINE, the region's closed box on the source image
+          TID 300 Measurement: the finding's code = score; the finding's code = "Present" (as above)
+
+Present and Absent are the SNOMED CT concepts of pydicom's DICOM code tables (CID 240): Present
+52101004, Absent 272519000. The threshold is the card's operating threshold: a finding is present
+when its score is at or above it (``FindingResult.present``). It is stated as a NUM child of each
+evaluation (Comprehensive SR allows CODE HAS PROPERTIES NUM; TID 1501/1410 neither ask for nor
+forbid it), so both a person reading the rendered report and a script see which cut-off was used.
+
+The other objects of the job (SC overlays, SEG, GSPS) are listed as evidence: highdicom puts the
+instances of the report's study in the Current Requested Procedure Evidence Sequence, so a viewer
+or script can go from the SR to each of them.
+
+The not-analysed report has the same frame, and per source image a TID 1501 group without
+measurements: "AI analysis status" = "Not analysed", "Reason not analysed" = a local reason code
+with the worker's own words as a TEXT "Comment" child, and "Intended use". It only describes
+readable instances (the pipeline passes parsed datasets; an unparseable file never reaches a
+result builder and is recorded by the node as an ingest failure).
 
 Comprehensive SR rather than Comprehensive 3D SR: there are no 3-D coordinates, and PACS and
 viewers support Comprehensive SR far more widely.
 """
 
 import datetime
+import math
+import unicodedata
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import highdicom as hd
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
-from pydicom.uid import SecondaryCaptureImageStorage
 
 import radlight
 from models.labels import LOCAL, FindingCode
 from radlight.uids import deterministic_uid
 from workers.results.common import (
     AlgorithmInfo,
-    FindingScore,
     algorithm_equipment,
     check_positive_int,
     check_source_image,
@@ -42,12 +67,58 @@ from workers.results.common import (
     stamp,
     tolerate_single_component_names,
 )
+from workers.results.regions import FindingResult, HeatmapRegion, ImageFindings
 
 REPORT_SERIES_DESCRIPTION = "RadLight AI findings - not for primary diagnosis"
+NOT_ANALYSED_SERIES_DESCRIPTION = "RadLight AI not analysed - not for primary diagnosis"
 PROBABILITY_UNIT = FindingCode("{probability}", "UCUM", "probability")
 INTENDED_USE = FindingCode("INTENDED_USE", LOCAL, "Intended use")
 NOT_FOR_PRIMARY_DIAGNOSIS_CODE = FindingCode(
     "NOT_PRIMARY_DX", LOCAL, radlight.NOT_FOR_PRIMARY_DIAGNOSIS
+)
+PRESENT = FindingCode(codes.SCT.Present.value, "SCT", codes.SCT.Present.meaning)
+ABSENT = FindingCode(codes.SCT.Absent.value, "SCT", codes.SCT.Absent.meaning)
+THRESHOLD_VALUE = FindingCode(
+    codes.DCM.ThresholdValue.value, "DCM", codes.DCM.ThresholdValue.meaning
+)
+COMMENT = FindingCode(codes.DCM.Comment.value, "DCM", codes.DCM.Comment.meaning)
+
+ANALYSIS_STATUS = FindingCode("AI_STATUS", LOCAL, "AI analysis status")
+NOT_ANALYSED = FindingCode("NOT_ANALYSED", LOCAL, "Not analysed")
+REASON_NOT_ANALYSED = FindingCode("REASON_NOT_ANLYS", LOCAL, "Reason not analysed")
+LATERAL_VIEW = FindingCode("LATERAL_VIEW", LOCAL, "Lateral view")
+UNSUPPORTED_VIEW = FindingCode("UNSUPPORTED_VIEW", LOCAL, "View position not read by the model")
+AGE_UNKNOWN = FindingCode("AGE_UNKNOWN", LOCAL, "Patient age unknown")
+AGE_OUT_OF_RANGE = FindingCode("AGE_OUT_OF_RANGE", LOCAL, "Patient age outside model range")
+NOT_CHEST_RADIOGRAPH = FindingCode("NOT_CHEST_XRAY", LOCAL, "Not a chest radiograph")
+UNSUPPORTED_IMAGE = FindingCode("UNSUPPORTED_IMG", LOCAL, "Image type not supported by the model")
+UNREADABLE_IMAGE = FindingCode("UNREADABLE_IMAGE", LOCAL, "Unreadable image")
+OTHER_REASON = FindingCode("OTHER_REASON", LOCAL, "Other reason")
+
+# The worker's reasons (workers/imaging.py) to codes: first rule whose every word is in the reason
+# (lower case) wins, so the more specific rules come first.
+_REASON_RULES: tuple[tuple[tuple[str, ...], FindingCode], ...] = (
+    (("lateral",), LATERAL_VIEW),
+    (("view position",), UNSUPPORTED_VIEW),
+    (("patient age", "unknown"), AGE_UNKNOWN),
+    (("patient age",), AGE_OUT_OF_RANGE),
+    (("no pixel data",), UNREADABLE_IMAGE),
+    (("cannot be decoded",), UNREADABLE_IMAGE),
+    (("no contrast",), UNREADABLE_IMAGE),
+    (("unreadable",), UNREADABLE_IMAGE),
+    (("modality",), NOT_CHEST_RADIOGRAPH),
+    (("body part",), NOT_CHEST_RADIOGRAPH),
+    (("not a chest",), NOT_CHEST_RADIOGRAPH),
+    (("colour",), UNSUPPORTED_IMAGE),
+    (("multi-frame",), UNSUPPORTED_IMAGE),
+    (("image size",), UNSUPPORTED_IMAGE),
+    (("photometric",), UNSUPPORTED_IMAGE),
+)
+_REASON_MAX = 1024
+_Group = TypeVar(
+    "_Group",
+    hd.sr.MeasurementsAndQualitativeEvaluations,
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
 )
 _PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
 _CROSS_SECTIONAL_MODALITIES = frozenset({"CT", "MR", "PT"})
@@ -114,35 +185,103 @@ def _algorithm_identification(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdenti
     )
 
 
-def _check_findings(
-    sources: Sequence[pydicom.Dataset], findings: Mapping[str, Sequence[FindingScore]]
-) -> None:
-    """Every source has findings, every finding belongs to a source, no label twice per image."""
-    if not isinstance(findings, Mapping):
-        raise TypeError("findings must be a mapping of source SOP Instance UID to scores")
-    source_uids = [str(source.SOPInstanceUID) for source in sources]
-    unknown = sorted(set(findings) - set(source_uids))
-    if unknown:
-        raise ValueError(f"findings given for images that are not sources: {unknown}")
-    for uid in source_uids:
-        scores = findings.get(uid)
-        if not scores:
-            raise ValueError(f"source {uid} has no findings")
-        labels: set[str] = set()
-        for score in scores:
-            if not isinstance(score, FindingScore):
-                raise TypeError("findings must hold FindingScore items")
-            if score.label in labels:
-                raise ValueError(f"finding {score.label!r} appears twice for source {uid}")
-            labels.add(score.label)
+def _device_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    """The observer context: the algorithm, as a device (TID 1004)."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=deterministic_uid(
+            "device-observer", algorithm.name, algorithm.version, algorithm.sha256
+        ),
+        name=algorithm.name,
+        manufacturer_name=algorithm.manufacturer,
+        model_name=algorithm.title,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
 
 
-def _check_sources(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+def _intended_use() -> hd.sr.QualitativeEvaluation:
+    return hd.sr.QualitativeEvaluation(
+        name=_concept(INTENDED_USE), value=_concept(NOT_FOR_PRIMARY_DIAGNOSIS_CODE)
+    )
+
+
+def _with_children(
+    evaluation: hd.sr.QualitativeEvaluation, children: Sequence[hd.sr.ContentItem]
+) -> hd.sr.QualitativeEvaluation:
+    """``evaluation`` with ``children`` below its CODE item (highdicom's template has no slot)."""
+    item = evaluation[0]
+    content = hd.sr.ContentSequence(is_root=False)
+    content.extend(children)
+    item.ContentSequence = content
+    return evaluation
+
+
+def _render_separately(group: _Group) -> _Group:
+    """Mark a measurement group's items as separate statements (Continuity of Content SEPARATE).
+
+    highdicom writes every container CONTINUOUS; renderers such as dcmtk's dsr2html then run the
+    items together as prose and leave out their concept names, so "Cardiomegaly: 0.73" would read
+    "0.73". The items of a measurement group are separate statements, and TID 1501/1410 leave the
+    continuity open.
+    """
+    group[0].ContinuityOfContent = "SEPARATE"
+    return group
+
+
+def _presence(
+    finding: FindingResult, algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.QualitativeEvaluation:
+    """The finding's code = Present or Absent, with the threshold and the algorithm below it."""
+    evaluation = hd.sr.QualitativeEvaluation(
+        name=_concept(finding.score.code),
+        value=_concept(PRESENT if finding.present else ABSENT),
+    )
+    threshold = hd.sr.NumContentItem(
+        name=_concept(THRESHOLD_VALUE),
+        value=float(finding.threshold),
+        unit=_concept(PROBABILITY_UNIT),
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+    )
+    return _with_children(evaluation, [threshold, *algorithm_id])
+
+
+def _score(
+    finding: FindingResult, algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=_concept(finding.score.code),
+        value=finding.score.probability,
+        unit=_concept(PROBABILITY_UNIT),
+        algorithm_id=algorithm_id,
+    )
+
+
+def _check_instance(source: object, what: str) -> pydicom.Dataset:
+    """A dataset that identifies an instance (image or not): SOP class and instance, study, series."""
+    if not isinstance(source, pydicom.Dataset):
+        raise TypeError(f"{what} must be a pydicom Dataset")
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        check_uid(source.get(keyword), f"{what}.{keyword}")
+    return source
+
+
+def _is_image(source: pydicom.Dataset) -> bool:
+    rows, columns = source.get("Rows"), source.get("Columns")
+    return isinstance(rows, int) and isinstance(columns, int) and rows > 0 and columns > 0
+
+
+def _check_sources(
+    sources: Sequence[pydicom.Dataset], *, images_only: bool = True
+) -> list[pydicom.Dataset]:
     if isinstance(sources, pydicom.Dataset) or not isinstance(sources, Sequence):
         raise TypeError("sources must be a sequence of pydicom Datasets")
     if not sources:
         raise ValueError("sources must not be empty")
-    checked = [check_source_image(source, f"sources[{i}]") for i, source in enumerate(sources)]
+    check = check_source_image if images_only else _check_instance
+    checked = [check(source, f"sources[{i}]") for i, source in enumerate(sources)]
     study_uids = {str(source.StudyInstanceUID) for source in checked}
     if len(study_uids) != 1:
         raise ValueError("all sources must belong to one study")
@@ -152,104 +291,88 @@ def _check_sources(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     return checked
 
 
-def _check_overlays(overlays: Sequence[pydicom.Dataset], study_uid: str) -> list[pydicom.Dataset]:
-    if isinstance(overlays, pydicom.Dataset) or not isinstance(overlays, Sequence):
-        raise TypeError("overlays must be a sequence of datasets")
-    checked = []
-    for i, overlay in enumerate(overlays):
-        check_source_image(overlay, f"overlays[{i}]")
-        if overlay.SOPClassUID != SecondaryCaptureImageStorage:
-            raise ValueError(f"overlays[{i}] is not a Secondary Capture image")
-        if overlay.StudyInstanceUID != study_uid:
-            raise ValueError(f"overlays[{i}] belongs to another study than the sources")
-        checked.append(overlay)
-    return checked
+def _check_region(region: HeatmapRegion, source: pydicom.Dataset, what: str) -> None:
+    """The region lies on the source image: 0 ≤ x ≤ Columns, 0 ≤ y ≤ Rows (pixel-edge coordinates)."""
+    if not isinstance(region, HeatmapRegion):
+        raise TypeError(f"{what}.region must be a HeatmapRegion")
+    corners = (region.x0, region.y0, region.x1, region.y1)
+    if not all(math.isfinite(value) for value in corners):
+        raise ValueError(f"{what}.region has a non-finite coordinate")
+    columns, rows = int(source.Columns), int(source.Rows)
+    if region.x0 < 0 or region.y0 < 0 or region.x1 > columns or region.y1 > rows:
+        raise ValueError(f"{what}.region {corners} is outside the {columns}x{rows} source image")
 
 
-def build_findings_report(
-    *,
-    sources: Sequence[pydicom.Dataset],
-    findings: Mapping[str, Sequence[FindingScore]],
+def _check_images(images: Sequence[ImageFindings]) -> list[ImageFindings]:
+    if not isinstance(images, Sequence):
+        raise TypeError("images must be a sequence of ImageFindings")
+    if not images:
+        raise ValueError("images must not be empty")
+    for i, image in enumerate(images):
+        if not isinstance(image, ImageFindings):
+            raise TypeError(f"images[{i}] must be an ImageFindings")
+    _check_sources([image.source for image in images])
+    for i, image in enumerate(images):
+        if not image.findings:
+            raise ValueError(f"source {image.sop_instance_uid} has no findings")
+        for k, finding in enumerate(image.findings):
+            if not isinstance(finding, FindingResult):
+                raise TypeError(f"images[{i}].findings[{k}] must be a FindingResult")
+            if finding.region is not None:
+                _check_region(finding.region, image.source, f"images[{i}].findings[{k}]")
+    return list(images)
+
+
+def _check_evidence(
+    evidence: Sequence[pydicom.Dataset], study_uid: str, source_uids: set[str]
+) -> list[pydicom.Dataset]:
+    """The job's other objects (SC, SEG, GSPS): identified, of the report's study, each once."""
+    if isinstance(evidence, pydicom.Dataset) or not isinstance(evidence, Sequence):
+        raise TypeError("evidence must be a sequence of pydicom Datasets")
+    seen = set(source_uids)
+    for i, item in enumerate(evidence):
+        _check_instance(item, f"evidence[{i}]")
+        if item.StudyInstanceUID != study_uid:
+            raise ValueError(f"evidence[{i}] belongs to another study than the sources")
+        uid = str(item.SOPInstanceUID)
+        if uid in seen:
+            raise ValueError(f"evidence[{i}] repeats instance {uid}")
+        seen.add(uid)
+    return list(evidence)
+
+
+def _check_document_ids(
     algorithm: AlgorithmInfo,
     series_instance_uid: str,
     sop_instance_uid: str,
     series_number: int,
     instance_number: int,
-    overlays: Sequence[hd.sc.SCImage] = (),
-    content_datetime: datetime.datetime | None = None,
-) -> hd.sr.ComprehensiveSR:
-    """A Comprehensive SR (TID 1500) with each source image's finding probabilities.
-
-    ``findings`` maps each source's SOP Instance UID to its scores. ``overlays`` (heatmaps of the
-    same study) are listed as evidence so that a PACS can find them from the report. Tracking UIDs
-    derive from ``sop_instance_uid``, the device observer UID from the algorithm's identity, and
-    every date and time from ``content_datetime`` (None means now); with an explicit one, the same
-    inputs give the same bytes. The report is PRELIMINARY and UNVERIFIED: no person has read it.
-    """
-    checked_sources = _check_sources(sources)
-    _check_findings(checked_sources, findings)
+) -> None:
     if not isinstance(algorithm, AlgorithmInfo):
         raise TypeError("algorithm must be an AlgorithmInfo")
     check_uid(series_instance_uid, "series_instance_uid")
     check_uid(sop_instance_uid, "sop_instance_uid")
     check_positive_int(series_number, "series_number")
     check_positive_int(instance_number, "instance_number")
-    study_uid = str(checked_sources[0].StudyInstanceUID)
-    checked_overlays = _check_overlays(overlays, study_uid)
-    when = resolve_content_datetime(content_datetime)
 
-    views = [header_view(source) for source in checked_sources]
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=deterministic_uid(
-            "device-observer", algorithm.name, algorithm.version, algorithm.sha256
-        ),
-        name=algorithm.name,
-        manufacturer_name=algorithm.manufacturer,
-        model_name=algorithm.title,
-    )
-    observation_context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
-    )
-    algorithm_id = _algorithm_identification(algorithm)
-    intended_use = hd.sr.QualitativeEvaluation(
-        name=_concept(INTENDED_USE), value=_concept(NOT_FOR_PRIMARY_DIAGNOSIS_CODE)
-    )
-    unit = _concept(PROBABILITY_UNIT)
-    groups = []
-    for number, view in enumerate(views, start=1):
-        source_uid = str(view.SOPInstanceUID)
-        measurements = [
-            hd.sr.Measurement(
-                name=_concept(score.code),
-                value=score.probability,
-                unit=unit,
-                algorithm_id=algorithm_id,
-            )
-            for score in findings[source_uid]
-        ]
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=deterministic_uid(sop_instance_uid, "measurement-group", source_uid),
-                    identifier=f"{algorithm.name} findings, image {number}",
-                ),
-                algorithm_id=algorithm_id,
-                measurements=measurements,
-                qualitative_evaluations=[intended_use],
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(view)],
-            )
-        )
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context,
-        procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=groups,
-        referenced_images=[_library_view(view) for view in views],
-    )
+
+def _document(
+    *,
+    report: hd.sr.MeasurementReport,
+    evidence: Sequence[pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    equipment_description: str,
+    when: datetime.datetime,
+) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR around ``report``: PRELIMINARY, UNVERIFIED, local codes declared."""
     with tolerate_single_component_names():
         document = hd.sr.ComprehensiveSR(
-            evidence=[*views, *checked_overlays],
+            evidence=evidence,
             content=report,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
@@ -263,7 +386,7 @@ def build_findings_report(
                 algorithm_equipment(
                     algorithm,
                     when,
-                    f"AI findings report by {algorithm.title} "
+                    f"{equipment_description} by {algorithm.title} "
                     f"(model sha256 {algorithm.sha256}). {radlight.NOT_FOR_PRIMARY_DIAGNOSIS}",
                 )
             ],
@@ -274,7 +397,7 @@ def build_findings_report(
                     responsible_organization=algorithm.manufacturer,
                 )
             ],
-            series_description=REPORT_SERIES_DESCRIPTION,
+            series_description=series_description,
             manufacturer_model_name=algorithm.name,
             software_versions=[algorithm.version, f"RadLight {algorithm.software_version}"],
             content_date=when.date(),
@@ -282,3 +405,222 @@ def build_findings_report(
         )
     stamp(document, when)
     return document
+
+
+def build_findings_report(
+    *,
+    images: Sequence[ImageFindings],
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    evidence: Sequence[pydicom.Dataset] = (),
+    content_datetime: datetime.datetime | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """A Comprehensive SR (TID 1500) with each source image's findings (see the module docstring).
+
+    Each finding gets its score, its present/absent evaluation at its threshold, and, when present
+    and localised, a planar ROI with its region on the source. ``evidence`` (the job's SC, SEG and
+    GSPS objects, of the same study) is referenced so that a PACS can find them from the report.
+    Tracking UIDs derive from ``sop_instance_uid``, the device observer UID from the algorithm's
+    identity, and every date and time from ``content_datetime`` (None means now); with an explicit
+    one, the same inputs give the same bytes. The report is PRELIMINARY and UNVERIFIED: no person
+    has read it.
+    """
+    checked_images = _check_images(images)
+    _check_document_ids(
+        algorithm, series_instance_uid, sop_instance_uid, series_number, instance_number
+    )
+    study_uid = str(checked_images[0].source.StudyInstanceUID)
+    checked_evidence = _check_evidence(
+        evidence, study_uid, {image.sop_instance_uid for image in checked_images}
+    )
+    when = resolve_content_datetime(content_datetime)
+
+    views = [header_view(image.source) for image in checked_images]
+    algorithm_id = _algorithm_identification(algorithm)
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    for number, (image, view) in enumerate(zip(checked_images, views, strict=True), start=1):
+        source_uid = image.sop_instance_uid
+        groups.append(
+            _render_separately(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=deterministic_uid(sop_instance_uid, "measurement-group", source_uid),
+                        identifier=f"{algorithm.name} findings, image {number}",
+                    ),
+                    algorithm_id=algorithm_id,
+                    measurements=[_score(finding, algorithm_id) for finding in image.findings],
+                    qualitative_evaluations=[
+                        *(_presence(finding, algorithm_id) for finding in image.findings),
+                        _intended_use(),
+                    ],
+                    source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(view)],
+                )
+            )
+        )
+        for finding in image.present():
+            if finding.region is None:
+                continue
+            groups.append(
+                _render_separately(
+                    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                        tracking_identifier=hd.sr.TrackingIdentifier(
+                            uid=deterministic_uid(
+                                sop_instance_uid, "planar-roi", source_uid, finding.score.label
+                            ),
+                            identifier=f"{finding.score.code.meaning} region, image {number}",
+                        ),
+                        referenced_region=hd.sr.ImageRegion(
+                            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                            graphic_data=finding.region.polygon(),
+                            source_image=hd.sr.SourceImageForRegion.from_source_image(view),
+                        ),
+                        finding_type=_concept(finding.score.code),
+                        algorithm_id=algorithm_id,
+                        measurements=[_score(finding, algorithm_id)],
+                        qualitative_evaluations=[_presence(finding, algorithm_id)],
+                    )
+                )
+            )
+    report = hd.sr.MeasurementReport(
+        observation_context=_device_context(algorithm),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+        referenced_images=[_library_view(view) for view in views],
+    )
+    return _document(
+        report=report,
+        evidence=[*views, *checked_evidence],
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=REPORT_SERIES_DESCRIPTION,
+        equipment_description="AI findings report",
+        when=when,
+    )
+
+
+def not_analysed_reason_code(reason: str) -> FindingCode:
+    """The local code for a worker's reason (``NotAnalysableError`` text); OTHER_REASON if none fits."""
+    text = reason.lower()
+    for words, code in _REASON_RULES:
+        if all(word in text for word in words):
+            return code
+    return OTHER_REASON
+
+
+def _reason_text(reason: object, uid: str) -> str:
+    """The reason as plain ASCII text (any source character set can carry it), or ValueError."""
+    if not isinstance(reason, str):
+        raise TypeError(f"the reason for {uid} must be a str")
+    dashed = reason.replace("\u2013", "-").replace("\u2014", "-")
+    text = unicodedata.normalize("NFKD", dashed).encode("ascii", "ignore").decode("ascii")
+    text = " ".join(text.split())
+    if not text:
+        raise ValueError(f"the reason for {uid} is empty")
+    return text[:_REASON_MAX]
+
+
+def build_not_analysed_report(
+    *,
+    sources: Sequence[pydicom.Dataset],
+    reasons: Mapping[str, str],
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    content_datetime: datetime.datetime | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """A Comprehensive SR (TID 1500) saying the node received these images but did not analyse them.
+
+    ``reasons`` maps every source's SOP Instance UID to the worker's reason; each image's group
+    carries the coded reason (:func:`not_analysed_reason_code`, local ``99RADLIGHT`` codes) and the
+    reason's text. ``sources`` are parsed datasets of one study; an image (Rows and Columns) is
+    listed in the Image Library and referenced by its group, any other instance (no pixel data)
+    only as evidence, with its SOP Instance UID in the reason's text. UIDs and times as in
+    :func:`build_findings_report`.
+    """
+    checked = _check_sources(sources, images_only=False)
+    if not isinstance(reasons, Mapping):
+        raise TypeError("reasons must be a mapping of source SOP Instance UID to reason")
+    source_uids = [str(source.SOPInstanceUID) for source in checked]
+    unknown = sorted(set(reasons) - set(source_uids))
+    if unknown:
+        raise ValueError(f"reasons given for images that are not sources: {unknown}")
+    missing = [uid for uid in source_uids if uid not in reasons]
+    if missing:
+        raise ValueError(f"sources without a reason: {missing}")
+    texts = {uid: _reason_text(reasons[uid], uid) for uid in source_uids}
+    _check_document_ids(
+        algorithm, series_instance_uid, sop_instance_uid, series_number, instance_number
+    )
+    when = resolve_content_datetime(content_datetime)
+
+    views = [header_view(source) for source in checked]
+    algorithm_id = _algorithm_identification(algorithm)
+    groups = []
+    for number, view in enumerate(views, start=1):
+        source_uid = str(view.SOPInstanceUID)
+        is_image = _is_image(view)
+        comment = hd.sr.TextContentItem(
+            name=_concept(COMMENT),
+            value=texts[source_uid] if is_image else f"instance {source_uid}: {texts[source_uid]}",
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+        )
+        reason = _with_children(
+            hd.sr.QualitativeEvaluation(
+                name=_concept(REASON_NOT_ANALYSED),
+                value=_concept(not_analysed_reason_code(texts[source_uid])),
+            ),
+            [comment],
+        )
+        groups.append(
+            _render_separately(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=deterministic_uid(sop_instance_uid, "not-analysed-group", source_uid),
+                        identifier=f"{algorithm.name} not analysed, instance {number}",
+                    ),
+                    algorithm_id=algorithm_id,
+                    qualitative_evaluations=[
+                        hd.sr.QualitativeEvaluation(
+                            name=_concept(ANALYSIS_STATUS), value=_concept(NOT_ANALYSED)
+                        ),
+                        reason,
+                        _intended_use(),
+                    ],
+                    source_images=(
+                        [hd.sr.SourceImageForMeasurementGroup.from_source_image(view)]
+                        if is_image
+                        else None
+                    ),
+                )
+            )
+        )
+    library = [_library_view(view) for view in views if _is_image(view)]
+    report = hd.sr.MeasurementReport(
+        observation_context=_device_context(algorithm),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+        referenced_images=library or None,
+    )
+    return _document(
+        report=report,
+        evidence=views,
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=NOT_ANALYSED_SERIES_DESCRIPTION,
+        equipment_description="AI not-analysed report",
+        when=when,
+    )

@@ -1,0 +1,257 @@
+"""From analysed images to every result object of one job, with deterministic UIDs.
+
+Runs the model once over all images, turns each finding into a FindingResult (score, operating
+threshold, heatmap and region for the present ones), and calls the result builders: an SC per
+present finding (up to a cap) and a summary SC per image, optionally a probability SEG and a
+region GSPS per image, and one TID 1500 SR that references all of them. A job whose images were
+all refused gets a "not analysed" SR instead. Pure apart from inference: no database, no store.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+
+from db.models import ResultKind, SCEncoding
+from models.cam import cam_to_image
+from models.preprocess import prepare_image
+from models.registry import ModelEntry
+from models.runtime import load_model
+from radlight.uids import deterministic_uid
+from workers.results import (
+    AlgorithmInfo,
+    FindingScore,
+    build_findings_report,
+    build_heatmap_overlay,
+    build_not_analysed_report,
+    build_probability_segmentation,
+    build_region_annotations,
+    build_summary_overlay,
+)
+from workers.results.regions import FindingResult, ImageFindings, heatmap_region
+
+SC_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = 9902
+SEG_SERIES_NUMBER = 9903
+GSPS_SERIES_NUMBER = 9904
+NOT_ANALYSED_SERIES_NUMBER = 9905
+JPEG_SC_SERIES_NUMBER = 9906
+SUMMARY_SERIES_NUMBER = 9907
+JPEG_SUMMARY_SERIES_NUMBER = 9908
+
+
+@dataclass(frozen=True)
+class AnalysedImage:
+    source: Dataset
+    display: NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class ResultOptions:
+    """What to produce for a job, from its route and the route's destinations."""
+
+    max_overlays_per_image: int = 3
+    default_threshold: float = 0.5
+    segmentation: bool = False
+    presentation_state: bool = False
+    jpeg_copies: bool = False  # some destination wants lossy JPEG Secondary Captures
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What a job's result UIDs derive from: same input set and model version, same UIDs."""
+
+    study_instance_uid: str
+    input_hash: str
+    created_at: datetime  # the results' content date/time, so a re-run is byte-identical
+
+
+@dataclass(frozen=True)
+class BuiltResult:
+    kind: ResultKind
+    dataset: Dataset
+    source_sop_instance_uid: str | None
+    summary: dict[str, object]
+    sc_encoding: SCEncoding | None = None
+
+
+class _Uids:
+    def __init__(self, job: JobIdentity, entry: ModelEntry) -> None:
+        self._base = (job.study_instance_uid, job.input_hash, entry.card.name, entry.card.version)
+
+    def __call__(self, *parts: str) -> str:
+        return deterministic_uid(*self._base, *parts)
+
+
+def _finding_results(
+    entry: ModelEntry,
+    image: AnalysedImage,
+    probabilities: NDArray[np.float32],
+    heatmaps: NDArray[np.float32],
+    geometry: object,
+    default_threshold: float,
+) -> ImageFindings:
+    findings: list[FindingResult] = []
+    for k, spec in enumerate(entry.card.labels):
+        score = FindingScore.for_label(spec.name, float(probabilities[k]))
+        threshold = spec.threshold if spec.threshold is not None else default_threshold
+        if score.probability >= threshold:
+            heatmap = cam_to_image(heatmaps[k], geometry, image.display.shape)  # type: ignore[arg-type]
+            findings.append(FindingResult(score, threshold, heatmap, heatmap_region(heatmap)))
+        else:
+            findings.append(FindingResult(score, threshold))
+    return ImageFindings(source=image.source, display=image.display, findings=findings)
+
+
+def analyse(
+    job: JobIdentity, entry: ModelEntry, images: Sequence[AnalysedImage], options: ResultOptions
+) -> list[BuiltResult]:
+    """Run the model over ``images`` and build every result object of the job."""
+    card = entry.card
+    model = load_model(entry)
+    prepared = [prepare_image(image.display, card.preprocessing) for image in images]
+    output = model.infer(np.stack([p.tensor for p in prepared]))
+    algorithm = AlgorithmInfo(name=card.name, version=card.version, sha256=entry.sha256)
+    uid = _Uids(job, entry)
+    when = job.created_at
+
+    results: list[BuiltResult] = []
+    evidence: list[Dataset] = []
+    all_findings: list[ImageFindings] = []
+    overlay_counts = dict.fromkeys(SCEncoding, 0)  # instance numbers, per SC series
+    for index, image in enumerate(images):
+        findings = _finding_results(
+            entry,
+            image,
+            output.probabilities[index],
+            output.heatmaps[index],
+            prepared[index].geometry,
+            options.default_threshold,
+        )
+        all_findings.append(findings)
+        source_uid = findings.sop_instance_uid
+        encodings = [SCEncoding.LOSSLESS] + (
+            [SCEncoding.JPEG_BASELINE] if options.jpeg_copies else []
+        )
+        for encoding in encodings:
+            jpeg = encoding is SCEncoding.JPEG_BASELINE
+            syntax = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+            suffix = ("jpeg",) if jpeg else ()
+            series = uid("sc-series", *suffix)
+            number = JPEG_SC_SERIES_NUMBER if jpeg else SC_SERIES_NUMBER
+            for finding in findings.present()[: options.max_overlays_per_image]:
+                assert finding.heatmap is not None  # present findings carry their heatmap
+                overlay_counts[encoding] += 1
+                overlay = build_heatmap_overlay(
+                    source=image.source,
+                    display_image=image.display,
+                    heatmap=finding.heatmap,
+                    finding=finding.score,
+                    algorithm=algorithm,
+                    series_instance_uid=series,
+                    sop_instance_uid=uid("sc", source_uid, finding.score.label, *suffix),
+                    series_number=number,
+                    instance_number=overlay_counts[encoding],
+                    content_datetime=when,
+                    transfer_syntax_uid=syntax,
+                )
+                results.append(
+                    BuiltResult(
+                        ResultKind.HEATMAP_SC,
+                        overlay,
+                        source_uid,
+                        {"finding": finding.score.label, "probability": finding.score.probability},
+                        encoding,
+                    )
+                )
+            # Its own series: SeriesDescription is per series and says "summary", not "heatmap".
+            summary_sc = build_summary_overlay(
+                image=findings,
+                algorithm=algorithm,
+                series_instance_uid=uid("summary-series", *suffix),
+                sop_instance_uid=uid("summary", source_uid, *suffix),
+                series_number=JPEG_SUMMARY_SERIES_NUMBER if jpeg else SUMMARY_SERIES_NUMBER,
+                instance_number=index + 1,
+                content_datetime=when,
+                transfer_syntax_uid=syntax,
+            )
+            present = [f.score.label for f in findings.present()]
+            results.append(
+                BuiltResult(
+                    ResultKind.SUMMARY_SC, summary_sc, source_uid, {"present": present}, encoding
+                )
+            )
+        if options.segmentation:
+            seg = build_probability_segmentation(
+                image=findings,
+                algorithm=algorithm,
+                series_instance_uid=uid("seg-series"),
+                sop_instance_uid=uid("seg", source_uid),
+                series_number=SEG_SERIES_NUMBER,
+                instance_number=index + 1,
+                content_datetime=when,
+            )
+            if seg is not None:
+                results.append(BuiltResult(ResultKind.PROBABILITY_SEG, seg, source_uid, {}))
+        if options.presentation_state:
+            gsps = build_region_annotations(
+                image=findings,
+                algorithm=algorithm,
+                series_instance_uid=uid("gsps-series"),
+                sop_instance_uid=uid("gsps", source_uid),
+                series_number=GSPS_SERIES_NUMBER,
+                instance_number=index + 1,
+                content_datetime=when,
+            )
+            if gsps is not None:
+                results.append(BuiltResult(ResultKind.REGION_GSPS, gsps, source_uid, {}))
+    evidence = [r.dataset for r in results if r.sc_encoding in (None, SCEncoding.LOSSLESS)]
+    report = build_findings_report(
+        images=all_findings,
+        algorithm=algorithm,
+        series_instance_uid=uid("sr-series"),
+        sop_instance_uid=uid("sr"),
+        series_number=SR_SERIES_NUMBER,
+        instance_number=1,
+        evidence=evidence,
+        content_datetime=when,
+    )
+    summary: dict[str, object] = {
+        "findings": {
+            f.sop_instance_uid: {r.score.label: round(r.score.probability, 6) for r in f.findings}
+            for f in all_findings
+        },
+        "present": {f.sop_instance_uid: [r.score.label for r in f.present()] for f in all_findings},
+    }
+    results.append(BuiltResult(ResultKind.FINDINGS_SR, report, None, summary))
+    return results
+
+
+def not_analysed(
+    job: JobIdentity,
+    entry: ModelEntry,
+    sources: Sequence[Dataset],
+    reasons: Mapping[str, str],
+) -> list[BuiltResult]:
+    """The SR that tells the radiologist the node saw the study and why it did not analyse it."""
+    if not sources:
+        return []
+    card = entry.card
+    algorithm = AlgorithmInfo(name=card.name, version=card.version, sha256=entry.sha256)
+    uid = _Uids(job, entry)
+    readable = {str(ds.SOPInstanceUID) for ds in sources}
+    report = build_not_analysed_report(
+        sources=sources,
+        reasons={k: v for k, v in reasons.items() if k in readable},
+        algorithm=algorithm,
+        series_instance_uid=uid("not-analysed-series"),
+        sop_instance_uid=uid("not-analysed"),
+        series_number=NOT_ANALYSED_SERIES_NUMBER,
+        instance_number=1,
+        content_datetime=job.created_at,
+    )
+    return [BuiltResult(ResultKind.NOT_ANALYSED_SR, report, None, {"reasons": dict(reasons)})]
