@@ -19,8 +19,9 @@ import pydicom
 import pytest
 from numpy.typing import NDArray
 
+from tests.dicom_io import to_bytes
 from tests.peers import dciodvfy_errors
-from tests.workers.test_seg import ALGORITHM, WHEN, read_strict, to_bytes
+from tests.workers.test_seg import ALGORITHM, WHEN, read_strict
 from workers.results.common import FindingScore
 from workers.results.gsps import (
     ANNOTATION_SERIES_DESCRIPTION,

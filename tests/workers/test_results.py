@@ -11,8 +11,6 @@ import hashlib
 import io
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import highdicom as hd
@@ -25,6 +23,7 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 import radlight
 from models.labels import CHEST_XRAY14_LABELS
 from radlight.uids import deterministic_uid
+from tests.dicom_io import strict_reading, to_bytes
 from workers.results import (
     OVERLAY_SERIES_DESCRIPTION,
     REPORT_SERIES_DESCRIPTION,
@@ -48,24 +47,6 @@ AMBER = np.array([255, 191, 0])
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def strict_reading() -> Iterator[None]:
-    """pydicom raises on any invalid value while the block runs; the setting is restored after."""
-    settings = pydicom.config.settings
-    previous = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.RAISE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = previous
-
-
-def to_bytes(dataset: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def read_strict(data: bytes) -> pydicom.Dataset:

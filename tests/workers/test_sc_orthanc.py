@@ -15,13 +15,13 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
+from tests.dicom_io import to_bytes
 from tests.peers import Orthanc, require_tools, run_orthanc
 from tests.workers.test_sc_summary import (
     border_and_interior,
     heatmap_overlay_for,
     summary_for,
     synthetic_findings,
-    to_bytes,
 )
 from workers.results.overlay import SUMMARY_PALETTE
 

@@ -8,8 +8,6 @@ import hashlib
 import io
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import highdicom as hd
@@ -25,6 +23,7 @@ from pydicom.uid import (
 )
 
 from radlight.uids import deterministic_uid
+from tests.dicom_io import strict_reading, to_bytes
 from workers.results.common import AI_RESULT_WARNING, AlgorithmInfo, FindingScore
 from workers.results.overlay import SUMMARY_PALETTE, LegendText, outline_width_for, pixel_box
 from workers.results.regions import FindingResult, HeatmapRegion, ImageFindings, heatmap_region
@@ -51,23 +50,6 @@ JPEG_P99_ERROR = 24.0
 
 
 # -- helpers (also used by test_sc_orthanc) ----------------------------------------------------
-
-
-@contextmanager
-def strict_reading() -> Iterator[None]:
-    settings = pydicom.config.settings
-    previous = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.RAISE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = previous
-
-
-def to_bytes(dataset: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def read_strict(data: bytes) -> pydicom.Dataset:

@@ -4,8 +4,6 @@ highdicom re-read, dciodvfy, pixel values, determinism and refusals."""
 import datetime
 import hashlib
 import io
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import highdicom as hd
@@ -14,6 +12,7 @@ import pydicom
 import pytest
 from numpy.typing import NDArray
 
+from tests.dicom_io import strict_reading, to_bytes
 from tests.peers import dciodvfy_errors
 from workers.results.common import AlgorithmInfo, FindingScore
 from workers.results.regions import FindingResult, ImageFindings, heatmap_region
@@ -30,23 +29,6 @@ ALGORITHM = AlgorithmInfo(
 )
 SERIES_UID = "2.25.1001"
 SOP_UID = "2.25.1002"
-
-
-@contextmanager
-def strict_reading() -> Iterator[None]:
-    settings = pydicom.config.settings
-    previous = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.RAISE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = previous
-
-
-def to_bytes(dataset: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def read_strict(data: bytes) -> pydicom.Dataset:

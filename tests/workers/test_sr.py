@@ -13,8 +13,7 @@ import io
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -28,6 +27,7 @@ import radlight
 from models.labels import CHEST_XRAY14_LABELS, LOCAL
 from radlight.errors import NotAnalysableError
 from radlight.uids import deterministic_uid
+from tests.dicom_io import strict_reading, to_bytes
 from workers.imaging import check_age_range, check_frontal_chest
 from workers.results.common import (
     AlgorithmInfo,
@@ -67,23 +67,6 @@ AGE_REASON = "patient age 007Y is outside this model's range 18\u201399 y"
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def strict_reading() -> Iterator[None]:
-    settings = pydicom.config.settings
-    previous = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.RAISE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = previous
-
-
-def to_bytes(dataset: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def read_strict(data: bytes) -> pydicom.Dataset:
