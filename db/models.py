@@ -220,6 +220,12 @@ class Route(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     produce_seg: Mapped[bool] = mapped_column(default=False, server_default=false())
     produce_gsps: Mapped[bool] = mapped_column(default=False, server_default=false())
+    body_parts: Mapped[str | None] = mapped_column(String(255))  # comma-separated, e.g. CHEST
+    view_positions: Mapped[str | None] = mapped_column(String(255))  # comma-separated, e.g. PA,AP
+    min_age_years: Mapped[int | None] = mapped_column(Integer)
+    max_age_years: Mapped[int | None] = mapped_column(Integer)
+    quiet_seconds: Mapped[float | None]  # overrides the node's study quiet period for this route
+    thresholds: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per site: finding -> value
 
     destinations: Mapped[list[Destination]] = relationship(secondary=route_destination)
 
@@ -296,3 +302,73 @@ class Delivery(Base):
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
     destination: Mapped[Destination] = relationship()
+
+
+class Role(enum.StrEnum):
+    """What a user or API key may do; each role includes the ones below it."""
+
+    ADMIN = "admin"  # everything, including configuration, users and the audit trail
+    OPERATOR = "operator"  # retry and cancel work, read configuration
+    VIEWER = "viewer"  # read studies and results, open the viewer
+
+    def includes(self, other: "Role") -> bool:
+        order = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+        return order.index(self) >= order.index(other)
+
+
+class User(Base):
+    """A person who signs in; the password is kept only as an Argon2id hash."""
+
+    __tablename__ = "app_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+
+class ApiKey(Base):
+    """A machine client's key: only its public prefix and a SHA-256 of the secret are kept."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    created_by: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Who did or read what, when, from where. Append-only: triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(80), index=True)  # "user:alice", "apikey:ris"
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64), index=True)  # "study.read", "route.update"
+    target_type: Mapped[str | None] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(128))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16), default="ok")  # ok, denied, failed
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AllowedCallingAE(Base):
+    """A calling AE title the DICOM node accepts; with none here and none in settings, any."""
+
+    __tablename__ = "allowed_calling_ae"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(AE_TITLE, unique=True)
+    description: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from radlight.cli_common import Command, db_transaction, out
 from radlight.cli_models import BUNDLED_MODELS, _install_built, add_model_commands
+from radlight.cli_users import add_user_commands
 from radlight.errors import ConfigurationError, RadLightError
 from radlight.logs import configure_logging
 from radlight.settings import Settings, load_settings
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "summarise studies, jobs, results and deliveries")
 
     add_model_commands(sub)
+    add_user_commands(sub)
 
     dest = sub.add_parser("destinations", help="result destinations").add_subparsers(
         dest="dest_cmd", required=True

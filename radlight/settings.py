@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     )
     default_threshold: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Operating threshold where a card sets none."
+    )
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs API tokens; unset = a random key kept in <data_dir>/secret_key (0600).",
+    )
+    access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    secure_cookies: bool = Field(
+        default=False, description="Mark dashboard cookies Secure (set it behind HTTPS)."
     )
 
     log_json: bool = True

@@ -1,107 +1,32 @@
-"""The FastAPI application: health, readiness and the read-only studies and jobs API.
+"""The FastAPI application: health and readiness, then one router per resource behind auth.
 
-The full admin API (auth, write operations, dashboard) grows here in its own issue.
+Routers live in ``services/api/`` (one resource each); authentication and roles in
+``services/auth.py``; the audit trail in ``services/audit.py``.
 """
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Annotated, Generic, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from db.migrate import current_revision, head_revision
-from db.models import DeliveryState, Job, JobState, Result, Study, StudyState
 from db.session import make_engine, make_session_factory
-from radlight import NOT_FOR_PRIMARY_DIAGNOSIS, __version__
+from radlight import __version__
 from radlight.settings import Settings
+from services import auth
+from services.api import jobs, studies
+from services.deps import SessionDep
 
-MAX_PAGE = 500
-UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+API_DESCRIPTION = """RadLight's admin and results API.
 
-
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request, from the app's session factory."""
-    factory: sessionmaker[Session] = request.app.state.sessions
-    with factory() as session:
-        yield session
-
-
-_WITH_RESULTS = selectinload(Job.results).selectinload(Result.deliveries)
-
-SessionDep = Annotated[Session, Depends(get_session)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
-
-
-class StudyOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    study_instance_uid: str
-    state: StudyState
-    instance_count: int
-    calling_ae: str | None
-    first_received_at: datetime
-    last_received_at: datetime
-    completed_at: datetime | None
-    reason: str | None
-
-
-class DeliveryOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    destination_id: int
-    state: DeliveryState
-    attempts: int
-    last_status: int | None
-    reason: str | None
-    sent_at: datetime | None
-
-
-class ResultOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    kind: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    source_sop_instance_uid: str | None
-    model_name: str
-    model_version: str
-    summary: dict[str, object]
-    deliveries: list[DeliveryOut] = []
-    notice: str = NOT_FOR_PRIMARY_DIAGNOSIS
-
-
-class JobOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    study_id: int
-    route_id: int
-    state: JobState
-    model_name: str
-    model_version: str | None
-    model_sha256: str | None
-    attempts: int
-    reason: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    results: list[ResultOut] = []
-
-
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
+Authenticate with the OAuth2 password flow (`POST /api/v1/auth/token`, then
+`Authorization: Bearer <token>`) or with an API key (`X-API-Key`). Roles: **admin** (everything),
+**operator** (retry and cancel, read configuration), **viewer** (read studies and results).
+Every result is an AI result and not for primary diagnosis.
+"""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -114,19 +39,23 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="RadLight", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="RadLight", version=__version__, description=API_DESCRIPTION, lifespan=lifespan
+    )
     app.state.sessions = sessions
+    app.state.settings = settings
+    app.state.engine = engine
 
     @app.exception_handler(SQLAlchemyError)
     async def _db_unavailable(request: Request, exc: SQLAlchemyError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": "database unavailable"})
 
-    @app.get("/health")
+    @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok", "version": __version__}
 
-    @app.get("/ready")
+    @app.get("/ready", tags=["health"], responses={503: {"description": "Not ready."}})
     def ready(session: SessionDep) -> JSONResponse:
         """Readiness: the database answers and its schema is at the head migration."""
         session.execute(text("SELECT 1"))
@@ -138,67 +67,6 @@ def create_app(settings: Settings) -> FastAPI:
             )
         return JSONResponse({"status": "ready", "schema": current})
 
-    @app.get("/api/v1/studies")
-    def list_studies(
-        session: SessionDep,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        state: StudyState | None = None,
-    ) -> Page[StudyOut]:
-        query = select(Study)
-        if state is not None:
-            query = query.where(Study.state == state)
-        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = session.scalars(query.order_by(Study.id.desc()).limit(limit).offset(offset))
-        return Page[StudyOut](
-            items=[StudyOut.model_validate(s) for s in rows],
-            total=total,
-            limit=limit,
-            offset=offset,
-        )
-
-    @app.get("/api/v1/studies/{study_instance_uid}")
-    def get_study(
-        session: SessionDep,
-        study_instance_uid: Annotated[str, Path(max_length=64, pattern=UID_PATTERN)],
-    ) -> StudyOut:
-        study = session.scalars(
-            select(Study).where(Study.study_instance_uid == study_instance_uid)
-        ).one_or_none()
-        if study is None:
-            raise HTTPException(status_code=404, detail="no such study")
-        return StudyOut.model_validate(study)
-
-    @app.get("/api/v1/jobs")
-    def list_jobs(
-        session: SessionDep,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        state: JobState | None = None,
-    ) -> Page[JobOut]:
-        query = select(Job)
-        if state is not None:
-            query = query.where(Job.state == state)
-        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = session.scalars(
-            query.options(_WITH_RESULTS).order_by(Job.id.desc()).limit(limit).offset(offset)
-        )
-        return Page[JobOut](
-            items=[JobOut.model_validate(j) for j in rows],
-            total=total,
-            limit=limit,
-            offset=offset,
-        )
-
-    @app.get("/api/v1/jobs/{job_id}")
-    def get_job(session: SessionDep, job_id: int) -> JobOut:
-        if not 0 < job_id < 2**63:
-            raise HTTPException(status_code=422, detail="job id out of range")
-        job = session.scalars(
-            select(Job).options(_WITH_RESULTS).where(Job.id == job_id)
-        ).one_or_none()
-        if job is None:
-            raise HTTPException(status_code=404, detail="no such job")
-        return JobOut.model_validate(job)
-
+    for router in (auth.router, studies.router, jobs.router):
+        app.include_router(router)
     return app

@@ -1,6 +1,5 @@
 """The read-only API over real databases, including hostile query input."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,6 @@ RECEIVED = ReceivedInstance(
     calling_ae="PACS",
     called_ae="RADLIGHT",
 )
-
-
-@pytest.fixture
-def client(tmp_path: Path, database_url: str) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, database_url=database_url)
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 @pytest.fixture
@@ -70,22 +62,26 @@ def test_ready_is_503_on_an_unmigrated_database(tmp_path: Path) -> None:
     assert f"need {head_revision()}" in response.json()["detail"]
 
 
-def test_studies_and_jobs_are_listed(client: TestClient, job_id: int) -> None:
-    studies = client.get("/api/v1/studies").json()
+def test_studies_and_jobs_are_listed(
+    client: TestClient, job_id: int, viewer: dict[str, str]
+) -> None:
+    studies = client.get("/api/v1/studies", headers=viewer).json()
     assert studies["total"] == 1
     study = studies["items"][0]
     assert study["study_instance_uid"] == RECEIVED.study_instance_uid
     assert study["state"] == "receiving"
     assert "patient" not in str(study).lower()
 
-    one = client.get(f"/api/v1/studies/{RECEIVED.study_instance_uid}")
+    one = client.get(f"/api/v1/studies/{RECEIVED.study_instance_uid}", headers=viewer)
     assert one.status_code == 200
     assert one.json()["instance_count"] == 1
 
-    jobs = client.get("/api/v1/jobs", params={"state": "pending"}).json()
+    jobs = client.get("/api/v1/jobs", params={"state": "pending"}, headers=viewer).json()
     assert [j["id"] for j in jobs["items"]] == [job_id]
-    assert client.get("/api/v1/jobs", params={"state": "failed"}).json()["total"] == 0
-    job = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert (
+        client.get("/api/v1/jobs", params={"state": "failed"}, headers=viewer).json()["total"] == 0
+    )
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=viewer).json()
     assert job["model_name"] == "m"
     assert job["results"] == []
 
@@ -110,15 +106,15 @@ def test_studies_and_jobs_are_listed(client: TestClient, job_id: int) -> None:
     ],
 )
 def test_hostile_input_gets_a_4xx_with_a_message(
-    client: TestClient, job_id: int, path: str, status: int
+    client: TestClient, job_id: int, viewer: dict[str, str], path: str, status: int
 ) -> None:
-    response = client.get(path)
+    response = client.get(path, headers=viewer)
     assert response.status_code == status, response.text
     assert response.json()["detail"]
     # The table is still there and still answers.
-    assert client.get("/api/v1/jobs").json()["total"] == 1
+    assert client.get("/api/v1/jobs", headers=viewer).json()["total"] == 1
 
 
-def test_timestamps_are_utc(client: TestClient, job_id: int) -> None:
-    study = client.get("/api/v1/studies").json()["items"][0]
+def test_timestamps_are_utc(client: TestClient, job_id: int, viewer: dict[str, str]) -> None:
+    study = client.get("/api/v1/studies", headers=viewer).json()["items"][0]
     assert study["last_received_at"].endswith(("Z", "+00:00"))
