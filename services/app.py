@@ -16,9 +16,20 @@ from db.migrate import current_revision, head_revision
 from db.session import make_engine, make_session_factory
 from radlight import __version__
 from radlight.settings import Settings
-from services import auth
-from services.api import jobs, studies
-from services.deps import SessionDep
+from services import auth, dashboard, metrics
+from services.api import (
+    ae_settings,
+    audit_log,
+    deliveries,
+    destinations,
+    jobs,
+    models,
+    results,
+    routes,
+    stats,
+    studies,
+)
+from services.deps import SessionDep, close_producer
 
 API_DESCRIPTION = """RadLight's admin and results API.
 
@@ -37,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        close_producer(app)
         engine.dispose()
 
     app = FastAPI(
@@ -67,6 +79,20 @@ def create_app(settings: Settings) -> FastAPI:
             )
         return JSONResponse({"status": "ready", "schema": current})
 
-    for router in (auth.router, studies.router, jobs.router):
-        app.include_router(router)
+    for module in (
+        auth,
+        studies,
+        jobs,
+        results,
+        deliveries,
+        destinations,
+        routes,
+        models,
+        ae_settings,
+        audit_log,
+        stats,
+        metrics,
+        dashboard,
+    ):
+        app.include_router(module.router)
     return app

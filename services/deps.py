@@ -3,10 +3,11 @@
 from collections.abc import Iterator
 from typing import Annotated, Generic, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
+from radlight.queue import TaskProducer
 from radlight.settings import Settings
 
 MAX_PAGE = 500
@@ -25,8 +26,24 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_producer(request: Request) -> TaskProducer:
+    """The app's task producer, made on first use (the API enqueues by task name only)."""
+    producer: TaskProducer | None = getattr(request.app.state, "producer", None)
+    if producer is None:
+        producer = TaskProducer(request.app.state.settings)
+        request.app.state.producer = producer
+    return producer
+
+
+def close_producer(app: FastAPI) -> None:
+    producer: TaskProducer | None = getattr(app.state, "producer", None)
+    if producer is not None:
+        producer.close()
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ProducerDep = Annotated[TaskProducer, Depends(get_producer)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Rows to skip.")]
 

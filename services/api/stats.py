@@ -1,0 +1,5 @@
+"""Throughput, per-stage latency percentiles and failure rates."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api/v1/stats", tags=["stats"])

@@ -1,0 +1,5 @@
+"""Prometheus metrics at /metrics."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["metrics"])
