@@ -8,6 +8,7 @@ results, and shows where they are and how to open them.
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,10 +50,11 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port")
 
 
-def radlight(env: dict[str, str], *args: str) -> str:
+def radlight(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "radlight", *args],
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         check=False,
@@ -148,6 +150,13 @@ def main() -> int:
     say("== RadLight demo: embedded defaults (SQLite, local store, filesystem queue)")
     say(radlight(env, "init").rstrip())
     model = radlight(env, "models", "list").split()[0]
+    # No default account exists: the demo makes one with a random password and says it once.
+    password = secrets.token_urlsafe(12)
+    radlight(
+        env, "users", "create", "demo-admin", "--role", "admin", "--password-stdin", stdin=password
+    )
+    api_key = radlight(env, "api-keys", "create", "demo-script", "--role", "viewer").strip()
+    auth = {"X-API-Key": api_key}
     pacs = start_orthanc(DATA / "pacs")
     if pacs is not None:
         _, pacs_dicom, pacs_http = pacs
@@ -209,7 +218,9 @@ def main() -> int:
 
         def finished() -> list[dict[str, Any]] | None:
             """All jobs final, and every delivery of their results sent or failed."""
-            jobs: list[dict[str, Any]] = httpx.get(api + "/api/v1/jobs", timeout=5).json()["items"]
+            jobs: list[dict[str, Any]] = httpx.get(
+                api + "/api/v1/jobs", headers=auth, timeout=5
+            ).json()["items"]
             done = [j for j in jobs if j["state"] in ("succeeded", "not_analysed", "failed")]
             deliveries = [d for j in jobs for r in j["results"] for d in r["deliveries"]]
             moving = [d for d in deliveries if d["state"] not in ("sent", "failed")]
@@ -230,7 +241,8 @@ def main() -> int:
                 png = previews / (path.stem + ".png")
                 Image.fromarray(pydicom.dcmread(path).pixel_array).save(png)
                 say(f"    preview: {png}")
-        say(f"API: {api}/api/v1/studies  {api}/api/v1/jobs  {api}/docs")
+        say(f"API: {api}/docs  dashboard: {api}/dashboard")
+        say(f"sign in as demo-admin with password {password} (made for this demo run only)")
         if pacs is not None:
             time.sleep(3)
             say(f"results in the demo PACS: http://127.0.0.1:{pacs[2]}/app/explorer.html")
