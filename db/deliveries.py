@@ -65,14 +65,19 @@ def reopen_delivery(*, session: Session, delivery_id: int) -> None:
     session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.state != DeliveryState.SENDING)
-        .values(
-            state=DeliveryState.PENDING,
-            attempts=0,
-            last_status=None,
-            reason=None,
-            updated_at=utcnow(),
-        )
+        .values(**_fresh_budget())
     )
+
+
+def _fresh_budget() -> dict[str, object]:
+    """What a reopened delivery starts with: pending, untried, no status or reason."""
+    return {
+        "state": DeliveryState.PENDING,
+        "attempts": 0,
+        "last_status": None,
+        "reason": None,
+        "updated_at": utcnow(),
+    }
 
 
 def stale_deliveries(
@@ -108,3 +113,34 @@ def requeue_delivery(*, session: Session, delivery_id: int) -> None:
         .where(Delivery.state != DeliveryState.FAILED)
         .values(state=DeliveryState.PENDING, updated_at=utcnow())
     )
+
+
+def reopen_failed_delivery(*, session: Session, delivery_id: int) -> bool:
+    """An operator's retry: a FAILED delivery back to PENDING with a fresh retry budget; False
+    when it is not FAILED (anymore). Unlike :func:`reopen_delivery` a SENT one is left alone."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.FAILED)
+        .values(**_fresh_budget())
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def failed_delivery_ids(
+    *, session: Session, destination_id: int | None = None, limit: int = 1000
+) -> list[int]:
+    """FAILED deliveries, oldest first, optionally to one destination."""
+    query = select(Delivery.id).where(Delivery.state == DeliveryState.FAILED)
+    if destination_id is not None:
+        query = query.where(Delivery.destination_id == destination_id)
+    return list(session.scalars(query.order_by(Delivery.id).limit(limit)))
+
+
+def note_pending(*, session: Session, delivery_ids: list[int], reason: str) -> None:
+    """Say why PENDING deliveries wait (e.g. the broker was down when they were retried)."""
+    if delivery_ids:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.state == DeliveryState.PENDING)
+            .values(reason=reason)
+        )

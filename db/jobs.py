@@ -127,3 +127,93 @@ def reset_stale(*, session: Session, job_id: int) -> None:
         .where(Job.id == job_id, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
         .values(state=JobState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
     )
+
+
+# Operator actions (services/operations.py): retry, cancel and reprocess, each a conditional update
+# so a job that a worker moved on in the meantime is left alone and the caller can say why.
+
+RETRYABLE = (JobState.FAILED, JobState.NOT_ANALYSED, JobState.CANCELLED)
+CANCELLABLE = (JobState.PENDING, JobState.QUEUED)
+FINISHED = (JobState.SUCCEEDED, JobState.NOT_ANALYSED, JobState.FAILED, JobState.CANCELLED)
+
+
+def reopen_job(*, session: Session, job_id: int, from_states: Sequence[JobState]) -> bool:
+    """Put a finished job back to PENDING (a retry or a re-run), its old timings and reason
+    cleared; False when the job is not in one of ``from_states``. The dispatcher queues PENDING
+    jobs, so a job reopened while the broker is down is not lost."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(tuple(from_states)))
+        .values(
+            state=JobState.PENDING,
+            reason=None,
+            queued_at=None,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def mark_cancelled(*, session: Session, job_id: int, reason: str) -> bool:
+    """Cancel a job no worker has claimed; False when it is not PENDING or QUEUED (anymore).
+
+    ``claim_job`` only claims PENDING and QUEUED jobs, so a message already on the queue for a
+    cancelled job is acknowledged and dropped by the worker, and the dispatcher skips it.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(CANCELLABLE))
+        .values(state=JobState.CANCELLED, reason=reason, finished_at=now, updated_at=now)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def reprocess_input_hash(sop_instance_uids: Sequence[str], model_version: str) -> str:
+    """The key of a reprocess job: the input set and the model version it was asked to run.
+
+    Distinct from :func:`input_hash` so the (study, route, input set) unique key admits one job per
+    requested version; the worker derives result UIDs from it, so the results land in new series.
+    """
+    digest = hashlib.sha256()
+    digest.update(input_hash(sop_instance_uids).encode("ascii"))
+    digest.update(b"\nmodel-version:")
+    digest.update(model_version.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def job_for_model_version(*, session: Session, source: Job, model_version: str) -> Job | None:
+    """A job of ``source``'s study, route and input set that runs (or ran) ``model_version``."""
+    uids = source.input_sop_instance_uids
+    keys = (input_hash(uids), reprocess_input_hash(uids, model_version))
+    return session.scalars(
+        select(Job)
+        .where(
+            Job.study_id == source.study_id,
+            Job.route_id == source.route_id,
+            Job.input_hash.in_(keys),
+            Job.model_version == model_version,
+        )
+        .order_by(Job.id)
+        .limit(1)
+    ).one_or_none()
+
+
+def create_reprocess_job(*, session: Session, source: Job, model_version: str) -> Job:
+    """A new PENDING job over ``source``'s inputs with another model version (flushed)."""
+    uids = sorted(set(source.input_sop_instance_uids))
+    job = Job(
+        study_id=source.study_id,
+        route_id=source.route_id,
+        input_hash=reprocess_input_hash(uids, model_version),
+        input_sop_instance_uids=uids,
+        state=JobState.PENDING,
+        model_name=source.model_name,
+        model_version=model_version,
+    )
+    session.add(job)
+    session.flush()
+    return job

@@ -81,6 +81,7 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     NOT_ANALYSED = "not_analysed"  # valid input the pipeline must not analyse; reason says why
     FAILED = "failed"
+    CANCELLED = "cancelled"  # an operator cancelled it before a worker claimed it; never claimed
 
 
 class DeliveryState(enum.StrEnum):
