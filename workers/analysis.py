@@ -4,7 +4,9 @@ Runs the model once over all images, turns each finding into a FindingResult (sc
 threshold, heatmap and region for the present ones), and calls the result builders: an SC per
 present finding (up to a cap) and a summary SC per image, optionally a probability SEG and a
 region GSPS per image, and one TID 1500 SR that references all of them. A job whose images were
-all refused gets a "not analysed" SR instead. Pure apart from inference: no database, no store.
+all refused gets a "not analysed" SR instead. Every object then names the job's step, and the
+images reference the SR (``workers.results.links``). Pure apart from inference: no database, no
+store.
 """
 
 from collections.abc import Mapping, Sequence
@@ -14,7 +16,7 @@ from datetime import datetime
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from db.models import ResultKind, SCEncoding
 from models.cam import cam_to_image
@@ -32,6 +34,7 @@ from workers.results import (
     build_region_annotations,
     build_summary_overlay,
 )
+from workers.results.links import JobStep, ReportReference, link_job_objects
 from workers.results.regions import FindingResult, ImageFindings, heatmap_region
 
 SC_SERIES_NUMBER = 9901
@@ -65,6 +68,7 @@ class ResultOptions:
 class JobIdentity:
     """What a job's result UIDs derive from: same input set and model version, same UIDs."""
 
+    job_id: int  # RadLight's job number, which the objects carry as their procedure step ID
     study_instance_uid: str
     input_hash: str
     created_at: datetime  # the results' content date/time, so a re-run is byte-identical
@@ -85,6 +89,13 @@ class _Uids:
 
     def __call__(self, *parts: str) -> str:
         return deterministic_uid(*self._base, *parts)
+
+
+def _job_step(job: JobIdentity, entry: ModelEntry, uid: _Uids) -> JobStep:
+    """How every object of the job names it: a step UID from the job's inputs and model, the
+    job's number, and the model that ran."""
+    description = f"RadLight AI job {job.job_id}: {entry.card.name} {entry.card.version}"
+    return JobStep(uid=uid("job-step"), step_id=str(job.job_id), description=description[:64])
 
 
 def _finding_results(
@@ -120,7 +131,6 @@ def analyse(
     when = job.created_at
 
     results: list[BuiltResult] = []
-    evidence: list[Dataset] = []
     all_findings: list[ImageFindings] = []
     overlay_counts = dict.fromkeys(SCEncoding, 0)  # instance numbers, per SC series
     for index, image in enumerate(images):
@@ -209,7 +219,8 @@ def analyse(
             )
             if gsps is not None:
                 results.append(BuiltResult(ResultKind.REGION_GSPS, gsps, source_uid, {}))
-    evidence = [r.dataset for r in results if r.sc_encoding in (None, SCEncoding.LOSSLESS)]
+    # Both encodings: a destination that gets only the JPEG copies finds them from the SR too.
+    evidence: list[Dataset] = [r.dataset for r in results]
     report = build_findings_report(
         images=all_findings,
         algorithm=algorithm,
@@ -228,6 +239,11 @@ def analyse(
         "present": {f.sop_instance_uid: [r.score.label for r in f.present()] for f in all_findings},
     }
     results.append(BuiltResult(ResultKind.FINDINGS_SR, report, None, summary))
+    link_job_objects(
+        [r.dataset for r in results],
+        _job_step(job, entry, uid),
+        ReportReference(ComprehensiveSRStorage, str(report.SOPInstanceUID)),
+    )
     return results
 
 
@@ -254,4 +270,5 @@ def not_analysed(
         instance_number=1,
         content_datetime=job.created_at,
     )
+    link_job_objects([report], _job_step(job, entry, uid))
     return [BuiltResult(ResultKind.NOT_ANALYSED_SR, report, None, {"reasons": dict(reasons)})]

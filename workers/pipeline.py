@@ -88,6 +88,7 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
     return JobInputs(
         job_id=job.id,
         identity=JobIdentity(
+            job_id=job.id,
             study_instance_uid=job.study.study_instance_uid,
             input_hash=job.input_hash,
             created_at=job.created_at,

@@ -53,14 +53,15 @@ AI_RESULT_WARNING = "AI result - not for primary diagnosis"
 _SINGLE_COMPONENT_NAME_WARNING = r".*unlikely to represent the intended person name.*"
 
 
-def _check_long_string(value: object, what: str) -> str:
-    """A non-empty DICOM LO value (at most 64 characters, no backslash or control characters)."""
+def check_text(value: object, what: str, max_length: int = _LO_MAX) -> str:
+    """A non-empty DICOM text value of at most ``max_length`` characters (64 for LO, 16 for SH),
+    with no backslash or control characters."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{what} must not be empty")
-    if len(value) > _LO_MAX:
-        raise ValueError(f"{what} must be at most {_LO_MAX} characters (DICOM LO)")
+    if len(value) > max_length:
+        raise ValueError(f"{what} must be at most {max_length} characters")
     if "\\" in value or any(ord(ch) < 0x20 for ch in value):
         raise ValueError(f"{what} must not contain a backslash or control characters")
     return value
@@ -77,10 +78,10 @@ class AlgorithmInfo:
     software_version: str = radlight.__version__
 
     def __post_init__(self) -> None:
-        _check_long_string(self.name, "AlgorithmInfo.name")
-        _check_long_string(self.version, "AlgorithmInfo.version")
-        _check_long_string(self.manufacturer, "AlgorithmInfo.manufacturer")
-        _check_long_string(self.software_version, "AlgorithmInfo.software_version")
+        check_text(self.name, "AlgorithmInfo.name")
+        check_text(self.version, "AlgorithmInfo.version")
+        check_text(self.manufacturer, "AlgorithmInfo.manufacturer")
+        check_text(self.software_version, "AlgorithmInfo.software_version")
         if not isinstance(self.sha256, str):
             raise TypeError("AlgorithmInfo.sha256 must be a str")
         normalised = self.sha256.lower()
@@ -108,7 +109,7 @@ class FindingScore:
     probability: float
 
     def __post_init__(self) -> None:
-        _check_long_string(self.label, "FindingScore.label")
+        check_text(self.label, "FindingScore.label")
         if not isinstance(self.code, FindingCode):
             raise TypeError("FindingScore.code must be a FindingCode")
         if isinstance(self.probability, bool) or not isinstance(self.probability, numbers.Real):
