@@ -1,20 +1,49 @@
-"""Response models shared by several routers (a job's results and deliveries appear in many)."""
+"""Models and parameter types shared by several routers (a job's results and deliveries appear
+in many).
 
-from datetime import datetime
+Nothing here carries patient data: the database holds identifiers (UIDs), states, timings and AI
+findings, never names, patient IDs or birth dates.
+"""
 
-from pydantic import BaseModel, ConfigDict
+from datetime import UTC, datetime
+from typing import Annotated
 
-from db.models import DeliveryState, JobState, StudyState
+from fastapi import HTTPException
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from db.models import DeliveryState, JobState, ResultKind, SCEncoding, StudyState
 from radlight import NOT_FOR_PRIMARY_DIAGNOSIS
+from services.operations import OperationError
+
+_UID_EXAMPLE = "1.2.826.0.1.3680043.8.498.1"
+
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range once converted to UTC") from None
+
+
+UTCTime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A query parameter time: ISO 8601 with its offset (``2025-01-31T08:00:00Z``), as UTC."""
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    """``end - start`` in seconds, or None when either is unknown."""
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
 
 
 class StudyOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
-    study_instance_uid: str
+    study_instance_uid: str = Field(examples=[_UID_EXAMPLE])
     state: StudyState
     instance_count: int
-    calling_ae: str | None
+    calling_ae: str | None = Field(examples=["PACS"])
+    called_ae: str | None = Field(default=None, examples=["RADLIGHT"])
     first_received_at: datetime
     last_received_at: datetime
     completed_at: datetime | None
@@ -24,26 +53,43 @@ class StudyOut(BaseModel):
 class DeliveryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
+    result_id: int
     destination_id: int
     state: DeliveryState
     attempts: int
-    last_status: int | None
+    last_status: int | None = Field(description="The peer's last DIMSE status.", examples=[0])
     reason: str | None
+    created_at: datetime
+    updated_at: datetime
     sent_at: datetime | None
 
 
 class ResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: int
-    kind: str
+    kind: ResultKind
     sop_instance_uid: str
     series_instance_uid: str
     source_sop_instance_uid: str | None
-    model_name: str
-    model_version: str
+    model_name: str = Field(examples=["chexnet-densenet121"])
+    model_version: str = Field(examples=["1.0.0"])
     summary: dict[str, object]
     deliveries: list[DeliveryOut] = []
     notice: str = NOT_FOR_PRIMARY_DIAGNOSIS
+
+
+class ResultDetailOut(ResultOut):
+    """One result with where to fetch its object and (for images) a preview."""
+
+    job_id: int
+    sop_class_uid: str
+    sc_encoding: SCEncoding | None
+    created_at: datetime
+    dicom_url: str = Field(examples=["/api/v1/results/7/dicom"])
+    preview_url: str | None = Field(
+        description="Null for objects without pixels to show (SR, GSPS).",
+        examples=["/api/v1/results/7/preview.png"],
+    )
 
 
 class JobOut(BaseModel):
@@ -52,12 +98,60 @@ class JobOut(BaseModel):
     study_id: int
     route_id: int
     state: JobState
-    model_name: str
-    model_version: str | None
+    model_name: str = Field(examples=["chexnet-densenet121"])
+    model_version: str | None = Field(examples=["1.0.0"])
     model_sha256: str | None
+    input_sop_instance_uids: list[str] = []
     attempts: int
     reason: str | None
     created_at: datetime
+    queued_at: datetime | None = None
     started_at: datetime | None
     finished_at: datetime | None
     results: list[ResultOut] = []
+
+
+class JobActionOut(BaseModel):
+    """What a retry or reprocess did: the job as it now is, and whether it went on the queue."""
+
+    job: JobOut
+    queued: bool = Field(
+        description="False when the broker was down: the job stays pending and the node's "
+        "dispatcher queues it once the broker answers."
+    )
+    message: str = Field(examples=["job 12 queued"])
+
+
+class DeliveryActionOut(BaseModel):
+    delivery: DeliveryOut
+    queued: bool = Field(
+        description="False when the broker was down: the delivery stays pending and the node's "
+        "dispatcher queues it once the broker answers."
+    )
+    message: str = Field(examples=["delivery 5 queued"])
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx carries a sentence that says what was wrong."""
+
+    detail: str = Field(examples=["job 12 is running; only failed ones can be retried"])
+
+
+_DESCRIBED = {
+    401: "Not authenticated (no, expired or invalid token or API key).",
+    403: "The caller's role does not allow this.",
+    404: "Not found.",
+    409: "Not in a state that allows this.",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses=`` for these error statuses, each with the error body. 401 and 403
+    are always included. 422 is left to FastAPI's validation error, which every 422 here uses."""
+    wanted = sorted({401, 403, *codes})
+    return {code: {"model": ErrorOut, "description": _DESCRIBED[code]} for code in wanted}
+
+
+def http_error(exc: OperationError) -> HTTPException:
+    """The HTTP error an operator action's refusal means (404, 409)."""
+    return HTTPException(status_code=exc.status_code, detail=str(exc))
