@@ -1,10 +1,19 @@
-"""The DICOM node process: the storage SCP plus the assembler thread, started and stopped together."""
+"""The DICOM node process (the storage SCP, with or without the assembler thread) and the
+dispatcher process (the assembler loop alone).
+
+On one machine the node runs the assembler itself. At scale the SCP runs in as many replicas as the
+senders need, while one dispatcher assembles studies and keeps committed jobs on the queue. A second
+dispatcher would only repeat that work (duplicate messages, which the job claim makes harmless, and
+conflicting inserts that fail and are retried on the next tick), so deployments run exactly one.
+"""
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import require_current_schema
 from db.session import make_engine, make_session_factory
@@ -17,22 +26,31 @@ from radlight.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-class DicomNode:
-    """Owns the AE's server, the assembler and their resources."""
+def _make_assembler(
+    settings: Settings, sessions: sessionmaker[Session], producer: TaskProducer
+) -> Assembler:
+    return Assembler(
+        sessions,
+        producer,
+        quiet_seconds=settings.study_quiet_seconds,
+        requeue_after_s=settings.requeue_after_s,
+    )
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+
+class DicomNode:
+    """Owns the AE's server, the assembler (unless ``run_assembler`` is false) and their resources."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine | None = None, *, run_assembler: bool = True
+    ) -> None:
         self.settings = settings
+        self.run_assembler = run_assembler
         self.engine = engine or make_engine(settings.effective_database_url)
         require_current_schema(self.engine)
         self.sessions = make_session_factory(self.engine)
         self.store = InstanceStore(settings.store_dir)
         self.producer = TaskProducer(settings)
-        self.assembler = Assembler(
-            self.sessions,
-            self.producer,
-            quiet_seconds=settings.study_quiet_seconds,
-            requeue_after_s=settings.requeue_after_s,
-        )
+        self.assembler = _make_assembler(settings, self.sessions, self.producer)
         self._ae = make_ae(settings)
         self._server: Any = None
         self._thread: AssemblerThread | None = None
@@ -50,13 +68,15 @@ class DicomNode:
             block=False,
             evt_handlers=handlers(ctx),
         )
-        self._thread = AssemblerThread(self.assembler, self.settings.assembler_interval_s)
-        self._thread.start()
+        if self.run_assembler:
+            self._thread = AssemblerThread(self.assembler, self.settings.assembler_interval_s)
+            self._thread.start()
         logger.info(
-            "DICOM node %s listening on %s:%d",
+            "DICOM node %s listening on %s:%d (assembler %s)",
             self.settings.ae_title,
             self.settings.dicom_host,
             self.settings.dicom_port,
+            "in this process" if self.run_assembler else "in the dispatcher",
         )
 
     def wait(self) -> None:
@@ -72,3 +92,38 @@ class DicomNode:
         self.engine.dispose()
         self._stopped.set()
         logger.info("DICOM node stopped")
+
+
+class Dispatcher:
+    """The assembler loop as its own process: one per deployment, beside any number of nodes.
+
+    ``heartbeat``, if given, is touched after every tick, so that a liveness probe can tell a
+    looping dispatcher from a hung one without a network port.
+    """
+
+    def __init__(
+        self, settings: Settings, engine: Engine | None = None, *, heartbeat: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.effective_database_url)
+        require_current_schema(self.engine)
+        self.producer = TaskProducer(settings)
+        self.assembler = _make_assembler(settings, make_session_factory(self.engine), self.producer)
+        self.heartbeat = heartbeat
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """Tick every ``assembler_interval_s`` until :meth:`stop`; then release the resources."""
+        logger.info("dispatcher started (tick every %.1f s)", self.settings.assembler_interval_s)
+        try:
+            while not self._stopped.wait(self.settings.assembler_interval_s):
+                self.assembler.tick()
+                if self.heartbeat is not None:
+                    self.heartbeat.touch()
+        finally:
+            self.producer.close()
+            self.engine.dispose()
+            logger.info("dispatcher stopped")
+
+    def stop(self) -> None:
+        self._stopped.set()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dicom_node(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.node import DicomNode
 
-    node = DicomNode(settings)
+    node = DicomNode(settings, run_assembler=not args.no_assembler)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         node.stop()
@@ -46,6 +47,21 @@ def cmd_dicom_node(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop)
     node.start()
     node.wait()
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
+    """The assembler loop alone, for deployments that run the node in several replicas."""
+    from dicom_node.node import Dispatcher
+
+    dispatcher = Dispatcher(settings, heartbeat=args.heartbeat)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        dispatcher.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    dispatcher.run()
     return 0
 
 
@@ -227,7 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
-    add("dicom-node", cmd_dicom_node, "run the DICOM storage SCP and study assembler")
+    node = add("dicom-node", cmd_dicom_node, "run the DICOM storage SCP and study assembler")
+    node.add_argument(
+        "--no-assembler",
+        action="store_true",
+        help="run the SCP only; a separate `radlight dispatcher` assembles and queues",
+    )
+    dispatcher = add(
+        "dispatcher", cmd_dispatcher, "run only the study assembler and job dispatcher"
+    )
+    dispatcher.add_argument(
+        "--heartbeat", type=Path, help="file touched after every tick (for liveness probes)"
+    )
     worker = add("worker", cmd_worker, "run a Celery worker")
     worker.add_argument("--queues", help="comma-separated queue names (default: all)")
     worker.add_argument("--concurrency", type=int, help="worker processes")

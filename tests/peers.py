@@ -172,7 +172,7 @@ class Service:
 @contextlib.contextmanager
 def radlight_service(env: dict[str, str], workdir: Path, *args: str) -> Iterator[Service]:
     """Start ``radlight ARGS`` as its own process and stop it (SIGTERM, then kill) afterwards."""
-    name = "-".join(args)
+    name = "-".join(args).replace("/", "_")  # a path among the args must not make folders
     log_path = workdir / f"{name}.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
