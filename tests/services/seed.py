@@ -60,10 +60,10 @@ def received(n: int, *, modality: str = "DX", calling_ae: str = "PACS") -> Recei
     )
 
 
-def _destination(session: Session) -> Destination:
-    found = session.scalars(select(Destination).where(Destination.name == "pacs")).one_or_none()
+def _destination(session: Session, name: str) -> Destination:
+    found = session.scalars(select(Destination).where(Destination.name == name)).one_or_none()
     return found or upsert_destination(
-        session=session, name="pacs", host="127.0.0.1", port=1, ae_title="PACS"
+        session=session, name=name, host="127.0.0.1", port=1, ae_title=name.upper()
     )
 
 
@@ -82,14 +82,16 @@ def seed(
     delivery_state: DeliveryState = DeliveryState.FAILED,
     modality: str = "DX",
     relative_path: str | None = None,
+    destination: str = "pacs",
 ) -> Seeded:
     """Study ``n`` (UIDs under ``ROOT.n``) with a job in ``job_state`` that produced one result,
-    whose delivery to "pacs" is in ``delivery_state``."""
+    whose delivery to ``destination`` is in ``delivery_state``."""
     instance = received(n, modality=modality)
     with transaction(sessions) as session:
         outcome = record_instance(instance, session=session)
-        destination = _destination(session)
+        _destination(session, "pacs")
         route = _route(session)
+        target = _destination(session, destination)
         job = create_job_if_new(
             session=session,
             study_id=outcome.study_id,
@@ -121,7 +123,7 @@ def seed(
         )
         session.add(result)
         session.flush()
-        (delivery,) = ensure_deliveries(session=session, result=result, destinations=[destination])
+        (delivery,) = ensure_deliveries(session=session, result=result, destinations=[target])
         if delivery_state is not DeliveryState.PENDING:
             mark_delivery(
                 session=session,
@@ -136,7 +138,7 @@ def seed(
             job_id=job.id,
             result_id=result.id,
             delivery_id=delivery.id,
-            destination_id=destination.id,
+            destination_id=target.id,
             route_id=route.id,
         )
 
@@ -167,3 +169,19 @@ def assert_role_gate(
             refused = client.request(method, path, headers=role_headers[role], **kwargs)
             assert refused.status_code == 403, (role, refused.text)
             assert f"needs the {needs.value} role" in refused.json()["detail"]
+
+
+def assert_refused(
+    client: TestClient,
+    headers: dict[str, str],
+    method: str,
+    path: str,
+    status: int,
+    detail: str | None = None,
+) -> None:
+    """``method path`` gets ``status`` with a message (exactly ``detail`` when given)."""
+    response = client.request(method, path, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+    if detail is not None:
+        assert response.json()["detail"] == detail

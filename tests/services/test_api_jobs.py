@@ -20,7 +20,7 @@ from radlight.settings import Settings
 from services.app import create_app
 from tests.brokers import folder_messages
 from tests.peers import free_port
-from tests.services.seed import assert_role_gate, audit_events, seed
+from tests.services.seed import assert_refused, assert_role_gate, audit_events, seed
 
 JOBS = "/api/v1/jobs"
 
@@ -132,10 +132,13 @@ def test_operator_and_admin_retry_a_finished_job_onto_the_queue(
     assert events[0].client_address == "testclient"
 
     # A queued job cannot be retried: 409 with the reason, recorded as a failed attempt.
-    again = client.post(f"{JOBS}/{first.job_id}/retry", headers=role_headers[Role.OPERATOR])
-    assert again.status_code == 409
-    assert again.json()["detail"] == (
-        f"job {first.job_id} is queued; only failed, not_analysed, cancelled ones can be retried"
+    assert_refused(
+        client,
+        role_headers[Role.OPERATOR],
+        "POST",
+        f"{JOBS}/{first.job_id}/retry",
+        409,
+        f"job {first.job_id} is queued; only failed, not_analysed, cancelled ones can be retried",
     )
     assert [e.outcome for e in audit_events(sessions, "job.retry")] == ["ok", "ok", "failed"]
     assert queued_job_ids(app_settings) == [first.job_id, second.job_id]
@@ -352,9 +355,5 @@ def test_hostile_job_requests_get_a_4xx_with_a_message(
     detail: str | None,
 ) -> None:
     s = seed(sessions)
-    response = client.request(method, path, headers=role_headers[Role.ADMIN])
-    assert response.status_code == status, response.text
-    assert response.json()["detail"]
-    if detail is not None:
-        assert response.json()["detail"] == detail
+    assert_refused(client, role_headers[Role.ADMIN], method, path, status, detail)
     assert job_row(sessions, s.job_id).state is JobState.FAILED
