@@ -1,0 +1,636 @@
+"""The dashboard over real databases: sign-in, roles per page, CSRF, the buttons, the audit trail.
+
+Users sign in through the real form (Argon2 and the session cookie included); the buttons queue
+their work on the app's real (filesystem) broker.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx2 import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.config import upsert_destination, upsert_route
+from db.ingest import ReceivedInstance, record_instance
+from db.jobs import create_job_if_new
+from db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    Result,
+    ResultKind,
+    Role,
+    Study,
+    StudyState,
+    User,
+)
+from db.session import transaction
+from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE
+from radlight.settings import Settings
+from services.app import create_app
+from services.auth import SESSION_COOKIE
+from services.security import issue_token, load_secret_key
+from tests.services.conftest import PASSWORD
+
+D = "/dashboard"
+UID_ROOT = "1.2.826.0.1.3680043.8.498"
+REASON = "cannot reach 127.0.0.1:1: [Errno 111] Connection refused"
+
+
+def received(n: int, *, modality: str = "DX", calling_ae: str = "PACS") -> ReceivedInstance:
+    return ReceivedInstance(
+        study_instance_uid=f"{UID_ROOT}.{n}.1",
+        series_instance_uid=f"{UID_ROOT}.{n}.2",
+        sop_instance_uid=f"{UID_ROOT}.{n}.3",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality=modality,
+        body_part_examined="CHEST",
+        view_position="PA",
+        relative_path=f"instances/{n}.dcm",
+        size_bytes=1024,
+        sha256="0" * 64,
+        calling_ae=calling_ae,
+        called_ae="RADLIGHT",
+    )
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """One study whose job failed, one whose job succeeded but whose delivery failed."""
+
+    failed_study: int
+    failed_job: int
+    study: int
+    study_uid: str
+    job: int
+    result: int
+    delivery: int
+
+
+def _job(session: Session, n: int, state: JobState, reason: str | None = None) -> Job:
+    outcome = record_instance(received(n), session=session)
+    route = upsert_route(
+        session=session, name="chest", model_name="chexnet", destination_names=["pacs"]
+    )
+    job = create_job_if_new(
+        session=session,
+        study_id=outcome.study_id,
+        route=route,
+        sop_instance_uids=[received(n).sop_instance_uid],
+    )
+    assert job is not None
+    job.state, job.reason = state, reason
+    now = datetime.now(UTC)
+    job.queued_at, job.started_at, job.finished_at = now, now, now + timedelta(seconds=2)
+    session.flush()
+    return job
+
+
+@pytest.fixture
+def seeded(sessions: sessionmaker[Session]) -> Seeded:
+    with transaction(sessions) as session:
+        destination = upsert_destination(
+            session=session, name="pacs", host="127.0.0.1", port=1, ae_title="PACS"
+        )
+        failed = _job(session, 1, JobState.FAILED, "model file does not match its card")
+        job = _job(session, 2, JobState.SUCCEEDED)
+        result = Result(
+            job_id=job.id,
+            kind=ResultKind.FINDINGS_SR,
+            sop_instance_uid=f"{UID_ROOT}.2.9",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",
+            series_instance_uid=f"{UID_ROOT}.2.8",
+            source_sop_instance_uid=None,
+            relative_path="results/sr.dcm",
+            model_name="chexnet",
+            model_version="1.0.0",
+            summary={
+                "findings": {f"{UID_ROOT}.2.3": {"Effusion": 0.91, "Mass": 0.12}},
+                "present": {f"{UID_ROOT}.2.3": ["Effusion"]},
+            },
+        )
+        session.add(result)
+        session.flush()
+        delivery = Delivery(
+            result_id=result.id,
+            destination_id=destination.id,
+            state=DeliveryState.FAILED,
+            attempts=1,
+            reason=REASON,
+        )
+        session.add(delivery)
+        session.flush()
+        return Seeded(
+            failed.study_id,
+            failed.id,
+            job.study_id,
+            received(2).study_instance_uid,
+            job.id,
+            result.id,
+            delivery.id,
+        )
+
+
+def sign_in(
+    client: TestClient, username: str, password: str = PASSWORD, next_: str = ""
+) -> Response:
+    """The real form: fetch it (token and nonce cookie), then post the credentials."""
+    client.cookies.clear()
+    form = client.get(f"{D}/login")
+    assert form.status_code == 200
+    token = re.search(r'name="form_token" value="([^"]+)"', form.text)
+    assert token is not None
+    return client.post(
+        f"{D}/login",
+        data={"username": username, "password": password, "form_token": token[1], "next": next_},
+        follow_redirects=False,
+    )
+
+
+def as_role(client: TestClient, role: Role) -> str:
+    """Sign in as the fixture user of ``role``; returns the session's CSRF token."""
+    response = sign_in(client, role.value)
+    assert response.status_code == 303, response.text
+    page = client.get(f"{D}/")
+    assert page.status_code == 200
+    return csrf_of(page.text)
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert found is not None, "no CSRF token on the page"
+    return found[1]
+
+
+def events(sessions: sessionmaker[Session], action: str) -> list[AuditEvent]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
+            )
+        )
+
+
+def delivery_state(sessions: sessionmaker[Session], delivery_id: int) -> DeliveryState:
+    with sessions() as session:
+        delivery = session.get(Delivery, delivery_id)
+        assert delivery is not None
+        return delivery.state
+
+
+def job_state(sessions: sessionmaker[Session], job_id: int) -> JobState:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.state
+
+
+def press(client: TestClient, path: str, csrf: str, **fields: str) -> Response:
+    """Submit a dashboard button's form (not following the redirect)."""
+    return client.post(D + path, data={"csrf_token": csrf, **fields}, follow_redirects=False)
+
+
+def queued_messages(settings: Settings, queue: str = "*") -> int:
+    """Messages waiting in ``queue`` of the app's filesystem broker (the embedded default)."""
+    return len(list((settings.queue_dir / "messages").glob(f"*.{queue}.msg")))
+
+
+READ_PAGES = [
+    ("/", Role.VIEWER),
+    ("/overview/live", Role.VIEWER),
+    ("/studies", Role.VIEWER),
+    ("/studies/{study}", Role.VIEWER),
+    ("/audit", Role.ADMIN),
+]
+
+
+def _path(template: str, seeded: Seeded) -> str:
+    return D + template.format(study=seeded.study)
+
+
+# --- anonymous --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("page", "role"), READ_PAGES)
+def test_anonymous_is_sent_to_sign_in(
+    client: TestClient, seeded: Seeded, page: str, role: Role
+) -> None:
+    path = _path(page, seeded)
+    response = client.get(path, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith(f"{D}/login?next=")
+    assert "text/html" not in response.headers.get("content-type", "")  # no page content
+
+
+def test_anonymous_posts_change_nothing(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session]
+) -> None:
+    response = client.post(
+        f"{D}/deliveries/{seeded.delivery}/retry",
+        data={"csrf_token": "0" * 64},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{D}/login"
+    assert delivery_state(sessions, seeded.delivery) is DeliveryState.FAILED
+
+
+# --- signing in -------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_sign_in_sets_a_strict_http_only_cookie_and_is_audited(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    response = sign_in(client, "viewer", next_=f"{D}/studies")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{D}/studies"
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE + "=")
+    )
+    attributes = {part.strip().lower() for part in cookie.split(";")}
+    assert {"httponly", "samesite=strict", "path=/dashboard"} <= attributes
+    assert "secure" not in attributes
+    assert client.get(f"{D}/studies").status_code == 200
+    logins = events(sessions, "auth.login")
+    assert [(e.actor, e.role, e.outcome, e.detail) for e in logins] == [
+        ("user:viewer", "viewer", "ok", {"via": "dashboard"})
+    ]
+
+
+@pytest.mark.usefixtures("role_headers")
+@pytest.mark.parametrize(
+    ("username", "password"), [("viewer", "not the password!"), ("nobody", PASSWORD)]
+)
+def test_wrong_credentials_show_the_form_again_and_are_audited(
+    client: TestClient, sessions: sessionmaker[Session], username: str, password: str
+) -> None:
+    response = sign_in(client, username, password)
+    assert response.status_code == 401
+    assert "Wrong username or password." in response.text
+    assert f'value="{username}"' in response.text  # the username is kept, not the password
+    assert password not in response.text
+    assert SESSION_COOKIE not in response.headers.get("set-cookie", "")
+    assert [(e.actor, e.outcome) for e in events(sessions, "auth.login")] == [
+        (f"user:{username}", "denied")
+    ]
+    assert client.get(f"{D}/", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_sign_in_without_the_form_token_is_refused(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    response = client.post(
+        f"{D}/login", data={"username": "viewer", "password": PASSWORD}, follow_redirects=False
+    )
+    assert response.status_code == 403
+    assert "expired" in response.text
+    assert SESSION_COOKIE not in response.headers.get("set-cookie", "")
+    assert events(sessions, "auth.login") == []
+
+
+@pytest.mark.usefixtures("role_headers")
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/x", "/api/v1/studies", "/\\evil.example"]
+)
+def test_sign_in_never_redirects_off_the_dashboard(client: TestClient, target: str) -> None:
+    response = sign_in(client, "viewer", next_=target)
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{D}/"
+
+
+def test_secure_cookie_behind_https(tmp_path: Path, database_url: str) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=database_url, secure_cookies=True)
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        response = client.get(f"{D}/login")
+    nonce = response.headers["set-cookie"].lower()
+    assert "; secure" in nonce
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_sign_out_ends_the_session(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    csrf = as_role(client, Role.VIEWER)
+    response = client.post(f"{D}/logout", data={"csrf_token": csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{D}/login"
+    assert client.get(f"{D}/", follow_redirects=False).status_code == 303
+    assert [e.actor for e in events(sessions, "auth.logout")] == ["user:viewer"]
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_expired_forged_or_disabled_sessions_are_sent_to_sign_in(
+    client: TestClient, app_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    key = load_secret_key(app_settings)
+    expired = issue_token("admin", key, timedelta(seconds=-1)).access_token
+    forged = issue_token("admin", b"x" * 48, timedelta(minutes=5)).access_token
+    for token in (expired, forged, "not-a-token"):
+        client.cookies.set(SESSION_COOKIE, token, path=D)
+        assert client.get(f"{D}/", follow_redirects=False).status_code == 303
+    client.cookies.clear()
+    client.cookies.set(
+        SESSION_COOKIE, issue_token("admin", key, timedelta(minutes=5)).access_token, path=D
+    )
+    assert client.get(f"{D}/").status_code == 200
+    with transaction(sessions) as session:
+        user = session.scalars(select(User).where(User.username == "admin")).one()
+        user.active = False
+    assert client.get(f"{D}/", follow_redirects=False).status_code == 303
+
+
+# --- pages per role ---------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("role_headers")
+@pytest.mark.parametrize("role", list(Role))
+def test_each_page_for_each_role(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session], role: Role
+) -> None:
+    as_role(client, role)
+    for page, least in READ_PAGES:
+        response = client.get(_path(page, seeded))
+        if role.includes(least):
+            assert response.status_code == 200, (page, response.text)
+            assert "NOT FOR PRIMARY DIAGNOSIS" in response.text or page == "/overview/live"
+        else:
+            assert response.status_code == 403, page
+            assert f"needs the {least.value} role" in response.text
+    denied = events(sessions, "access.denied")
+    expected = [p for p, least in READ_PAGES if not role.includes(least)]
+    assert [e.target_id for e in denied] == [f"GET {_path(p, seeded)}" for p in expected]
+    assert all(e.actor == f"user:{role.value}" for e in denied)
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_overview_shows_failures_with_reasons_and_controls_by_role(
+    client: TestClient, seeded: Seeded
+) -> None:
+    as_role(client, Role.VIEWER)
+    page = client.get(f"{D}/").text
+    assert REASON in page
+    assert "model file does not match its card" in page
+    assert f'id="delivery-{seeded.delivery}"' in page
+    assert "/retry" not in page  # a viewer sees no buttons
+    live = client.get(f"{D}/overview/live").text
+    assert REASON in live
+    assert "<html" not in live
+
+    as_role(client, Role.OPERATOR)
+    page = client.get(f"{D}/").text
+    assert f'action="{D}/deliveries/{seeded.delivery}/retry"' in page
+    assert f'action="{D}/jobs/{seeded.failed_job}/retry"' in page
+    assert f'action="{D}/deliveries/retry-failed"' in page
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_study_page_shows_what_the_api_shows_and_is_audited(
+    client: TestClient,
+    seeded: Seeded,
+    sessions: sessionmaker[Session],
+    role_headers: dict[Role, dict[str, str]],
+) -> None:
+    as_role(client, Role.VIEWER)
+    page = client.get(f"{D}/studies/{seeded.study}").text
+    assert seeded.study_uid in page
+    assert "Effusion" in page
+    assert "0.910" in page
+    assert REASON in page
+    api = client.get(f"/api/v1/studies/{seeded.study_uid}", headers=role_headers[Role.VIEWER])
+    assert api.status_code == 200
+    # Every DICOM identifier the page shows is one the API shows for this study; nothing more.
+    shown = set(re.findall(r"\b\d+(?:\.\d+){4,}\b", page))
+    assert shown
+    assert shown <= set(re.findall(r"\b\d+(?:\.\d+){4,}\b", api.text))
+    assert "patient" not in page.lower()
+    reads = [e for e in events(sessions, "study.read") if e.actor == "user:viewer"]
+    assert next((e.target_type, e.target_id, e.detail) for e in reads) == (
+        "study",
+        seeded.study_uid,
+        {"via": "dashboard"},
+    )
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_studies_filters_and_pages(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        for n in range(1, 31):
+            record_instance(
+                received(n, modality="CR" if n % 3 == 0 else "DX", calling_ae=f"AE{n % 2}"),
+                session=session,
+            )
+        session.flush()
+        oldest = session.scalars(select(Study).where(Study.id == 1)).one()
+        oldest.first_received_at = oldest.last_received_at = datetime(2020, 1, 2, 12, tzinfo=UTC)
+    as_role(client, Role.VIEWER)
+
+    def study_ids(query: str) -> list[int]:
+        response = client.get(f"{D}/studies?{query}")
+        assert response.status_code == 200, response.text
+        return [int(i) for i in re.findall(rf'href="{D}/studies/(\d+)"', response.text)]
+
+    first = client.get(f"{D}/studies").text
+    assert "1\u201325 of 30" in first
+    assert study_ids("") == list(range(30, 5, -1))
+    assert study_ids("offset=25") == [5, 4, 3, 2, 1]
+    assert study_ids("modality=cr&state=&calling_ae=&received_from=&received_to=") == list(
+        range(30, 0, -3)
+    )
+    assert study_ids("calling_ae=AE1&modality=CR") == [27, 21, 15, 9, 3]
+    assert study_ids("received_to=2020-01-02") == [1]
+    assert 1 not in study_ids("received_from=2020-01-03")
+    assert study_ids(f"state={StudyState.COMPLETE.value}") == []
+    # Paging links keep the filters.
+    paged = client.get(f"{D}/studies?state=receiving").text
+    assert f'href="{D}/studies?state=receiving&amp;offset=25"' in paged
+    listed = events(sessions, "study.list")
+    assert len(listed) >= 8
+    assert all(e.detail.get("via") == "dashboard" for e in listed)
+
+
+@pytest.mark.usefixtures("role_headers")
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/studies?offset=-1", 422),
+        ("/studies?state=exploded", 400),
+        ("/studies?received_from=yesterday", 400),
+        ("/studies?modality=" + "X" * 100, 422),
+        ("/studies/0", 422),
+        ("/studies/99999999999999999999999", 422),
+        ("/studies/424242", 404),
+        ("/studies/abc", 422),
+        ("/static/secret_key", 404),
+        ("/static/dashboard.py", 404),
+        ("/audit?offset=abc", 422),
+    ],
+)
+def test_hostile_input_gets_an_html_4xx(
+    client: TestClient, seeded: Seeded, path: str, status: int
+) -> None:
+    as_role(client, Role.ADMIN)
+    response = client.get(D + path)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<h1>" in response.text
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_pages_carry_security_headers_and_are_not_cached(client: TestClient) -> None:
+    as_role(client, Role.VIEWER)
+    for path in (f"{D}/", f"{D}/login", f"{D}/studies/424242"):
+        headers = client.get(path).headers
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["cache-control"] == "no-store"
+    css = client.get(f"{D}/static/dashboard.css")
+    assert css.status_code == 200
+    assert css.headers["content-type"].startswith("text/css")
+
+
+# --- the buttons: roles and CSRF --------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("role_headers")
+@pytest.mark.parametrize("token", [None, "", "0" * 64, "wrong"])
+def test_a_post_without_the_right_csrf_token_is_refused(
+    client: TestClient,
+    seeded: Seeded,
+    sessions: sessionmaker[Session],
+    app_settings: Settings,
+    token: str | None,
+) -> None:
+    as_role(client, Role.OPERATOR)
+    data = {} if token is None else {"csrf_token": token}
+    response = client.post(f"{D}/deliveries/{seeded.delivery}/retry", data=data)
+    assert response.status_code == 403
+    assert "security token" in response.text
+    assert delivery_state(sessions, seeded.delivery) is DeliveryState.FAILED
+    assert queued_messages(app_settings) == 0
+    refused = events(sessions, "dashboard.csrf")
+    assert [(e.actor, e.outcome) for e in refused] == [("user:operator", "denied")]
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_another_sessions_csrf_token_does_not_work(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session]
+) -> None:
+    admins_token = as_role(client, Role.ADMIN)
+    as_role(client, Role.OPERATOR)
+    response = client.post(
+        f"{D}/deliveries/{seeded.delivery}/retry", data={"csrf_token": admins_token}
+    )
+    assert response.status_code == 403
+    assert delivery_state(sessions, seeded.delivery) is DeliveryState.FAILED
+
+
+@pytest.mark.usefixtures("role_headers")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/deliveries/{delivery}/retry",
+        "/jobs/{job}/retry",
+        "/jobs/{job}/cancel",
+        "/deliveries/retry-failed",
+    ],
+)
+def test_a_viewer_cannot_retry_or_cancel(
+    client: TestClient,
+    seeded: Seeded,
+    sessions: sessionmaker[Session],
+    app_settings: Settings,
+    path: str,
+) -> None:
+    csrf = as_role(client, Role.VIEWER)
+    target = D + path.format(delivery=seeded.delivery, job=seeded.failed_job)
+    response = client.post(target, data={"csrf_token": csrf})
+    assert response.status_code == 403
+    assert "needs the operator role" in response.text
+    assert delivery_state(sessions, seeded.delivery) is DeliveryState.FAILED
+    assert job_state(sessions, seeded.failed_job) is JobState.FAILED
+    assert queued_messages(app_settings) == 0
+    denied = events(sessions, "access.denied")
+    assert [(e.actor, e.target_id) for e in denied] == [("user:viewer", f"POST {target}")]
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_an_operator_retries_a_failed_delivery(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session], app_settings: Settings
+) -> None:
+    csrf = as_role(client, Role.OPERATOR)
+    response = press(
+        client, f"/deliveries/{seeded.delivery}/retry", csrf, back=f"{D}/studies/{seeded.study}"
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == (
+        f"{D}/studies/{seeded.study}?notice=delivery-retried&id={seeded.delivery}"
+    )
+    assert delivery_state(sessions, seeded.delivery) is DeliveryState.PENDING
+    assert queued_messages(app_settings, QUEUE_DELIVERY) == 1
+    page = client.get(response.headers["location"]).text
+    assert f"Delivery {seeded.delivery} was put back on the queue." in page
+    retried = events(sessions, "delivery.retry")
+    assert [(e.actor, e.target_id, e.outcome) for e in retried] == [
+        ("user:operator", str(seeded.delivery), "ok")
+    ]
+    # Again: it is no longer failed, so the action is refused with the reason, and audited.
+    again = press(client, f"/deliveries/{seeded.delivery}/retry", csrf)
+    assert again.status_code == 409
+    assert "only failed" in again.text
+    assert [e.outcome for e in events(sessions, "delivery.retry")] == ["ok", "failed"]
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_an_operator_retries_a_job_and_cancels_it_while_it_waits(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session], app_settings: Settings
+) -> None:
+    csrf = as_role(client, Role.OPERATOR)
+    retry = press(client, f"/jobs/{seeded.failed_job}/retry", csrf)
+    assert retry.status_code == 303
+    assert retry.headers["location"] == f"{D}/?notice=job-retried&id={seeded.failed_job}"
+    assert job_state(sessions, seeded.failed_job) is JobState.QUEUED
+    assert queued_messages(app_settings, QUEUE_INFERENCE) == 1
+    study_page = client.get(f"{D}/studies/{seeded.failed_study}").text
+    assert f'action="{D}/jobs/{seeded.failed_job}/cancel"' in study_page
+    cancel = press(client, f"/jobs/{seeded.failed_job}/cancel", csrf)
+    assert cancel.status_code == 303
+    assert job_state(sessions, seeded.failed_job) is JobState.CANCELLED
+    assert [e.action for e in events(sessions, "job.cancel")] == ["job.cancel"]
+    missing = press(client, "/jobs/424242/retry", csrf)
+    assert missing.status_code == 404
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_retry_all_failed_deliveries(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session], app_settings: Settings
+) -> None:
+    csrf = as_role(client, Role.OPERATOR)
+    response = press(client, "/deliveries/retry-failed", csrf)
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{D}/?notice=deliveries-retried&id=1"
+    assert delivery_state(sessions, seeded.delivery) is DeliveryState.PENDING
+    assert queued_messages(app_settings, QUEUE_DELIVERY) == 1
+    assert client.get(response.headers["location"]).text.count("No failed deliveries.") == 1
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_the_audit_page_lists_and_filters_events(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    as_role(client, Role.VIEWER)
+    client.get(f"{D}/audit")  # refused, and audited
+    as_role(client, Role.ADMIN)
+    page = client.get(f"{D}/audit?outcome=denied").text
+    assert "access.denied" in page
+    assert "user:viewer" in page
+    assert "auth.login" not in page
+    assert "auth.login" in client.get(f"{D}/audit?action=auth.login").text
