@@ -11,7 +11,7 @@ from db.models import IngestFailure, Instance, Series, Study, StudyState, utcnow
 
 @dataclass(frozen=True, kw_only=True)
 class ReceivedInstance:
-    """The header facts of one stored instance; no patient data."""
+    """The header facts of one stored instance; no identifying patient data (age, for routing)."""
 
     study_instance_uid: str
     series_instance_uid: str
@@ -26,6 +26,7 @@ class ReceivedInstance:
     sha256: str
     calling_ae: str | None
     called_ae: str | None
+    patient_age_years: int | None = None  # completed years, for routing; never logged
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def record_instance(received: ReceivedInstance, *, session: Session) -> RecordOu
     instance.size_bytes = received.size_bytes
     instance.sha256 = received.sha256
     instance.view_position = received.view_position
+    instance.patient_age_years = received.patient_age_years
     instance.received_at = now
     session.flush()
     return RecordOutcome(instance_id=instance.id, study_id=study.id, duplicate=duplicate)

@@ -163,6 +163,8 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     view_position: Mapped[str | None] = mapped_column(String(16))
+    # Completed years, for routing on age; patient-level data, never logged.
+    patient_age_years: Mapped[int | None] = mapped_column(Integer)
     received_count: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -7,7 +7,7 @@ queued (broker down) or that stalled (worker died) are queued again on a later t
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,7 +17,7 @@ from db.config import enabled_routes
 from db.deliveries import requeue_delivery, stale_deliveries
 from db.ingest import quiet_studies, study_instances
 from db.jobs import create_job_if_new, mark_queued, requeue_candidates, reset_stale
-from db.models import Job, JobState, StudyState, utcnow
+from db.models import Instance, Job, JobState, Route, Study, StudyState, utcnow
 from db.session import transaction
 from dicom_node.routing import InstanceFacts, StudyFacts, select_inputs
 from radlight.logs import log_context
@@ -29,6 +29,25 @@ class JobQueue(Protocol):
     def enqueue_job(self, job_id: int) -> None: ...
 
     def enqueue_delivery(self, delivery_id: int) -> None: ...
+
+
+def study_facts(study: Study, instances: list[Instance]) -> StudyFacts:
+    """What routing rules look at, from the recorded rows (body part is recorded per series)."""
+    return StudyFacts(
+        called_ae=study.called_ae,
+        calling_ae=study.calling_ae,
+        instances=[
+            InstanceFacts(
+                i.sop_instance_uid,
+                i.sop_class_uid,
+                i.series.modality,
+                body_part=i.series.body_part_examined,
+                view_position=i.view_position,
+                patient_age_years=i.patient_age_years,
+            )
+            for i in instances
+        ],
+    )
 
 
 class Assembler:
@@ -47,42 +66,59 @@ class Assembler:
         self._quiet = timedelta(seconds=quiet_seconds)
         self._requeue_after = timedelta(seconds=requeue_after_s)
 
+    def quiet_for(self, route: Route) -> timedelta:
+        """How long a study must be silent before ``route`` takes it: its own, else the node's."""
+        if route.quiet_seconds is None:
+            return self._quiet
+        return timedelta(seconds=route.quiet_seconds)
+
     def assemble(self) -> list[int]:
-        """Route every study quiet for long enough; returns the ids of new jobs."""
+        """Route every study quiet for long enough; returns the ids of new jobs.
+
+        Routes are read from the database on every pass, so a change made through the API or
+        the CLI applies to the next study without a restart. A study becomes a candidate once
+        quiet for the shortest period of the node and of any enabled route; each route then takes
+        it when quiet for its own period, and the study stays open until every route that wants
+        it has had it (see :meth:`_route_study`).
+        """
         created: list[int] = []
+        now = utcnow()
         with transaction(self._sessions) as session:
-            for study in quiet_studies(session=session, received_before=utcnow() - self._quiet):
+            routes = enabled_routes(session=session)
+            shortest = min([self._quiet, *(self.quiet_for(r) for r in routes)])
+            for study in quiet_studies(session=session, received_before=now - shortest):
                 with log_context(study_uid=study.study_instance_uid):
-                    instances = study_instances(session=session, study_id=study.id)
-                    facts = StudyFacts(
-                        called_ae=study.called_ae,
-                        calling_ae=study.calling_ae,
-                        instances=[
-                            InstanceFacts(i.sop_instance_uid, i.sop_class_uid, i.series.modality)
-                            for i in instances
-                        ],
-                    )
-                    matched = False
-                    for route in enabled_routes(session=session):
-                        inputs = select_inputs(route, facts)
-                        if not inputs:
-                            continue
-                        matched = True
-                        job = create_job_if_new(
-                            session=session,
-                            study_id=study.id,
-                            route=route,
-                            sop_instance_uids=inputs,
-                        )
-                        if job is None:
-                            logger.info("route %s: input set already processed", route.name)
-                            continue
-                        session.flush()
-                        created.append(job.id)
-                        logger.info("route %s: job %d created", route.name, job.id)
-                    study.state = StudyState.COMPLETE if matched else StudyState.UNROUTED
-                    study.completed_at = utcnow()
-                    study.reason = None if matched else "no enabled route matched this study"
+                    created.extend(self._route_study(session, study, routes, now))
+        return created
+
+    def _route_study(
+        self, session: Session, study: Study, routes: list[Route], now: datetime
+    ) -> list[int]:
+        """Create the jobs of the routes that are due; close the study when none is waiting."""
+        facts = study_facts(study, study_instances(session=session, study_id=study.id))
+        wanted = [(route, select_inputs(route, facts)) for route in routes]
+        wanted = [(route, inputs) for route, inputs in wanted if inputs]
+        waiting = [r for r, _ in wanted if study.last_received_at > now - self.quiet_for(r)]
+        created: list[int] = []
+        for route, inputs in wanted:
+            if route in waiting:
+                continue
+            job = create_job_if_new(
+                session=session, study_id=study.id, route=route, sop_instance_uids=inputs
+            )
+            if job is None:
+                # While the study waits for a slower route this repeats on every pass.
+                log = logger.debug if waiting else logger.info
+                log("route %s: input set already processed", route.name)
+                continue
+            session.flush()
+            created.append(job.id)
+            logger.info("route %s: job %d created", route.name, job.id)
+        if waiting:
+            return created
+        study.state = StudyState.COMPLETE if wanted else StudyState.UNROUTED
+        study.completed_at = utcnow()
+        study.reason = None if wanted else "no enabled route matched this study"
         return created
 
     def dispatch(self) -> int:

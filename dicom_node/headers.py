@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from dicom_node.patient_age import patient_age
 from radlight.errors import (
     MalformedInstanceError,
     MissingAttributeError,
@@ -37,6 +38,7 @@ class InstanceHeader:
     modality: str | None
     body_part_examined: str | None
     view_position: str | None
+    patient_age_years: int | None = None  # for age routing; patient-level, never logged
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
@@ -44,6 +46,15 @@ def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
     if value is None or value == "":
         return None
     return str(value).strip()[:limit] or None
+
+
+def _age_years(ds: Dataset) -> int | None:
+    """Completed years, or None; an unreadable age never refuses the instance (it only routes)."""
+    try:
+        age = patient_age(ds)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return None if age is None else age.years
 
 
 def _check_element_lengths(ds: Dataset) -> None:
@@ -97,6 +108,7 @@ def read_header(
             modality=_text(ds, "Modality", 16),
             body_part_examined=_text(ds, "BodyPartExamined"),
             view_position=_text(ds, "ViewPosition", 16),
+            patient_age_years=_age_years(ds),
         )
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, MalformedInstanceError):

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import ReceivedInstance, record_ingest_failure, record_instance
 from db.session import transaction
+from dicom_node.allow_list import CallingAEAllowList
 from dicom_node.headers import InstanceHeader, read_header
 from dicom_node.status import (
     STATUS_CANNOT_UNDERSTAND,
@@ -53,6 +54,10 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 RECORD_ATTEMPTS = 3
+# A-ASSOCIATE-RJ fields (PS3.8 9.3.4): rejected-transient, by the service user, no reason given.
+ASSOCIATION_REJECTED_TRANSIENT = 0x02
+REJECT_SOURCE_SERVICE_USER = 0x01
+REJECT_NO_REASON_GIVEN = 0x01
 
 
 @dataclass(frozen=True)
@@ -207,19 +212,51 @@ def _received(
         sha256=stored.sha256,
         calling_ae=calling_ae[:16] or None,
         called_ae=called_ae[:16] or None,
+        patient_age_years=header.patient_age_years,
     )
 
 
-def make_ae(settings: Settings) -> AE:
+class NodeAE(AE):
+    """The node's AE, whose calling-AE allow-list is read live (settings plus database).
+
+    pynetdicom checks ``require_calling_aet`` when it negotiates an association and answers an
+    A-ASSOCIATE-RJ (permanent, calling AE title not recognised) to strangers; here that list is
+    the live :class:`CallingAEAllowList`, refreshed by :func:`handle_association_request` first.
+    """
+
+    def __init__(self, ae_title: str, calling_aes: CallingAEAllowList) -> None:
+        super().__init__(ae_title=ae_title)
+        self.calling_aes = calling_aes
+
+    @property
+    def require_calling_aet(self) -> list[str]:
+        return self.calling_aes.titles()
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        self.calling_aes.configured = ae_titles
+
+
+def handle_association_request(event: Event, ctx: StoreContext) -> None:
+    """Refresh the allow-list before negotiation; refuse (transient) if it was never readable."""
+    ae = event.assoc.ae
+    if isinstance(ae, NodeAE) and not ae.calling_aes.refresh(ctx.sessions):
+        logger.error("calling-AE allow-list unreadable (database down): association refused")
+        event.assoc.acse.send_reject(
+            ASSOCIATION_REJECTED_TRANSIENT, REJECT_SOURCE_SERVICE_USER, REJECT_NO_REASON_GIVEN
+        )
+        evt.trigger(event.assoc, evt.EVT_REJECTED, {})
+        event.assoc.kill()
+
+
+def make_ae(settings: Settings) -> NodeAE:
     """The node's AE: every storage SOP class in every transfer syntax, plus Verification."""
-    ae = AE(ae_title=settings.ae_title)
+    ae = NodeAE(settings.ae_title, CallingAEAllowList(settings.allowed_calling_aes))
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
     ae.acse_timeout = settings.network_timeout_s
-    if settings.allowed_calling_aes:
-        ae.require_calling_aet = list(settings.allowed_calling_aes)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -227,4 +264,8 @@ def make_ae(settings: Settings) -> AE:
 
 
 def handlers(ctx: StoreContext) -> list[Any]:
-    return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [ctx])]
+    return [
+        (evt.EVT_REQUESTED, handle_association_request, [ctx]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [ctx]),
+    ]
