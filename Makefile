@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dcmtk orthanc dicom3tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint typecheck pytest bench clean
+.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean
 
 setup: system-packages venv
 
@@ -48,6 +48,15 @@ test: setup lint typecheck pytest
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# docs/CONFORMANCE.md from the code's own lists of SOP classes, transfer syntaxes and statuses.
+conformance: venv
+	$(PY) scripts/conformance.py
+
+# Offline checks of the deployment files: compose schema, Dockerfiles, Helm render + Kubernetes
+# schemas, conformance statement (the process-set end-to-end test runs with `make pytest`).
+deploy-check: venv
+	$(PY) -m pytest tests/deploy --deselect tests/deploy/test_process_set.py
 
 clean:
 	rm -rf radlight-data .pytest_cache .mypy_cache .ruff_cache
