@@ -54,6 +54,7 @@ from db.models import (
 )
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE
 from radlight.settings import Settings
+from services.api.schemas import ErrorOut
 from services.auth import ViewerDep
 
 logger = logging.getLogger(__name__)
@@ -318,7 +319,7 @@ _EXPOSITION = {"schema": {"type": "string"}}
                 "application/openmetrics-text": _EXPOSITION,
             },
         },
-        401: {"description": "No credentials, or an invalid token or API key."},
+        401: {"model": ErrorOut, "description": "No credentials, or an invalid token or API key."},
     },
 )
 def metrics(request: Request, _: ViewerDep) -> Response:
