@@ -2,18 +2,21 @@
 the defaults and every example values file, and every manifest validated against the Kubernetes
 JSON schemas offline (kubernetes-validate, strict: unknown fields fail).
 
-KEDA's ScaledObject and TriggerAuthentication are custom resources whose schemas
-kubernetes-validate does not ship; they are checked structurally here instead (each field KEDA's
-Redis scaler reads, and that what they name exists in the same render).
+KEDA's ScaledObject and TriggerAuthentication and the Prometheus Operator's PrometheusRule are custom
+resources whose schemas kubernetes-validate does not ship; they are checked structurally here
+instead (each field KEDA's Redis scaler reads and that what they name exists in the same render;
+every alert expression parsed as PromQL and naming only metrics that exist).
 """
 
 import functools
+import re
 import tomllib
 from collections.abc import Iterator
 from typing import Any
 
 import helm_python as helm
 import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints
+import promql_parser
 import pytest
 import yaml
 from kubernetes_validate.utils import (  # type: ignore[import-untyped]
@@ -31,7 +34,7 @@ EXAMPLES = {path.stem: path for path in sorted((REPO_ROOT / "helm" / "examples")
 CASES = ["defaults", *EXAMPLES]
 KUBE_VERSION = "1.30.0"  # the oldest release still widely supported by managed clusters
 RELEASE, NAMESPACE = "pacs-ai", "radlight"
-CRD_GROUPS = ("keda.sh/",)
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 # Test-only values for the Secret the chart makes when no existingSecret is named.
 CHART_SECRETS = {
     "secretKey": "test-signing-key",
@@ -377,3 +380,21 @@ def test_chart_files_are_where_helm_expects_them() -> None:
         app_version = chart.metadata["appVersion"]
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     assert app_version == project["version"]  # the image tag the chart runs by default
+
+
+def test_alert_rules_parse_and_use_metrics_that_exist() -> None:
+    (rule,) = of_kind(rendered("autoscaling"), "PrometheusRule").values()
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    exported = set(
+        re.findall(r'"(radlight_[a-z_]+)"', (REPO_ROOT / "services" / "metrics.py").read_text())
+    )
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert len(alerts) >= 8
+    for alert in alerts:
+        expr = alert["expr"]
+        promql_parser.parse(expr)  # raises ValueError on invalid PromQL
+        for metric in re.findall(r"\b(radlight_[a-z_]+)", expr):
+            base = re.sub(r"_(bucket|sum|count|total)$", "", metric)
+            assert base in exported, f"{alert['alert']}: {metric} is not exported by /metrics"
+        assert alert["labels"]["severity"] in ("warning", "critical")
+    assert "PrometheusRule" not in {doc["kind"] for doc in rendered("defaults")}
