@@ -185,3 +185,15 @@ def assert_refused(
     assert response.json()["detail"]
     if detail is not None:
         assert response.json()["detail"] == detail
+
+
+def assert_read_by(
+    client: TestClient, role_headers: dict[Role, dict[str, str]], least: Role, *paths: str
+) -> None:
+    """Each GET ``path``: 401 anonymous, 403 below ``least``, 200 for ``least`` and above."""
+    for path in paths:
+        assert_role_gate(client, role_headers, "GET", path, least)
+        for role in Role:
+            if role.includes(least):
+                response = client.get(path, headers=role_headers[role])
+                assert response.status_code == 200, (role, path, response.text)

@@ -25,7 +25,7 @@ from services.app import create_app
 from services.operations import AWAITING_BROKER
 from tests.brokers import clean_redis, redis_lists
 from tests.peers import REDIS_URL, free_port
-from tests.services.seed import assert_refused, assert_role_gate, audit_events, seed
+from tests.services.seed import assert_read_by, assert_refused, assert_role_gate, audit_events, seed
 
 BROKER_URL = f"{REDIS_URL}/10"
 DELIVERIES = "/api/v1/deliveries"
@@ -91,10 +91,7 @@ def test_delivery_routes_admit_roles(
     broker: redis.Redis,
 ) -> None:
     s = seed(sessions)
-    for path in (DELIVERIES, FAILURES):
-        assert_role_gate(client, role_headers, "GET", path, Role.VIEWER)
-        for role in Role:
-            assert client.get(path, headers=role_headers[role]).status_code == 200
+    assert_read_by(client, role_headers, Role.VIEWER, DELIVERIES, FAILURES)
     for path in (f"{DELIVERIES}/{s.delivery_id}/retry", f"{DELIVERIES}/retry-failed"):
         assert_role_gate(client, role_headers, "POST", path, Role.OPERATOR)
     assert delivery_row(sessions, s.delivery_id).state is DeliveryState.FAILED

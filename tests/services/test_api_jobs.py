@@ -20,7 +20,7 @@ from radlight.settings import Settings
 from services.app import create_app
 from tests.brokers import folder_messages
 from tests.peers import free_port
-from tests.services.seed import assert_refused, assert_role_gate, audit_events, seed
+from tests.services.seed import assert_read_by, assert_refused, assert_role_gate, audit_events, seed
 
 JOBS = "/api/v1/jobs"
 
@@ -54,10 +54,7 @@ def test_job_routes_admit_roles(
     client: TestClient, sessions: sessionmaker[Session], role_headers: dict[Role, dict[str, str]]
 ) -> None:
     s = seed(sessions)
-    for path in (JOBS, f"{JOBS}/{s.job_id}"):
-        assert_role_gate(client, role_headers, "GET", path, Role.VIEWER)
-        for role in Role:
-            assert client.get(path, headers=role_headers[role]).status_code == 200
+    assert_read_by(client, role_headers, Role.VIEWER, JOBS, f"{JOBS}/{s.job_id}")
     for action, body in (("retry", None), ("cancel", None), ("reprocess", {"model_version": "1"})):
         assert_role_gate(
             client, role_headers, "POST", f"{JOBS}/{s.job_id}/{action}", Role.OPERATOR, json=body

@@ -21,7 +21,7 @@ from db.models import JobState, Result, ResultKind, Role
 from db.session import transaction
 from models.export import BuiltModel, build_tiny_classifier
 from radlight.settings import Settings
-from tests.services.seed import assert_refused, assert_role_gate, audit_events, seed
+from tests.services.seed import assert_read_by, assert_refused, audit_events, seed
 from tests.workers.conftest import receive
 from workers.context import WorkerContext, build_context
 from workers.pipeline import run_job
@@ -115,11 +115,8 @@ def test_result_routes_admit_roles(
     made: dict[ResultKind, list[Result]],
 ) -> None:
     summary = made[ResultKind.SUMMARY_SC][0]
-    for suffix in ("", "/dicom", "/preview.png"):
-        path = f"{RESULTS}/{summary.id}{suffix}"
-        assert_role_gate(client, role_headers, "GET", path, Role.VIEWER)
-        for role in Role:
-            assert client.get(path, headers=role_headers[role]).status_code == 200
+    paths = [f"{RESULTS}/{summary.id}{suffix}" for suffix in ("", "/dicom", "/preview.png")]
+    assert_read_by(client, role_headers, Role.VIEWER, *paths)
 
 
 def test_metadata_file_and_previews_of_every_kind(

@@ -10,7 +10,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Delivery, Job, Role, Study, StudyState
 from db.session import transaction
-from tests.services.seed import ROOT, assert_refused, assert_role_gate, audit_events, seed
+from tests.services.seed import (
+    ROOT,
+    assert_read_by,
+    assert_refused,
+    audit_events,
+    seed,
+)
 
 STUDIES = "/api/v1/studies"
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
@@ -25,10 +31,7 @@ def test_study_routes_admit_roles(
     client: TestClient, sessions: sessionmaker[Session], role_headers: dict[Role, dict[str, str]]
 ) -> None:
     s = seed(sessions)
-    for path in (STUDIES, f"{STUDIES}/{s.study_uid}"):
-        assert_role_gate(client, role_headers, "GET", path, Role.VIEWER)
-        for role in Role:
-            assert client.get(path, headers=role_headers[role]).status_code == 200
+    assert_read_by(client, role_headers, Role.VIEWER, STUDIES, f"{STUDIES}/{s.study_uid}")
 
 
 def test_studies_are_filtered_by_time_state_ae_and_modality(
