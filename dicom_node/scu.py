@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import UID
 from pynetdicom import AE
 
 from dicom_node.status import (
@@ -33,6 +34,19 @@ class Peer:
     ae_title: str
 
 
+def _proposed_syntaxes(syntax: UID) -> list[str]:
+    """The transfer syntaxes to offer for a file written in ``syntax``.
+
+    An uncompressed file can go in any uncompressed syntax (pynetdicom re-encodes it). A
+    compressed one (a JPEG baseline Secondary Capture) can only go as it is: pynetdicom does not
+    decompress to send, so offering the uncompressed syntaxes beside it in the same context would
+    let the peer accept one of those and leave the C-STORE with no usable context.
+    """
+    if syntax.is_compressed:
+        return [str(syntax)]
+    return list(dict.fromkeys([str(syntax), EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]))
+
+
 def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.0) -> int:
     """Send one Part-10 file; returns its DIMSE status or raises a DeliveryError."""
     dataset = dcmread(path)
@@ -41,14 +55,8 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
     ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s
     sop_class = str(dataset.SOPClassUID)
-    ae.add_requested_context(
-        sop_class,
-        [
-            str(dataset.file_meta.TransferSyntaxUID),
-            EXPLICIT_VR_LITTLE_ENDIAN,
-            IMPLICIT_VR_LITTLE_ENDIAN,
-        ],
-    )
+    syntaxes = _proposed_syntaxes(UID(str(dataset.file_meta.TransferSyntaxUID)))
+    ae.add_requested_context(sop_class, syntaxes)
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     except OSError as exc:
@@ -70,7 +78,10 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
         )
     try:
         if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
-            raise PermanentDeliveryError(f"{peer.ae_title} does not accept SOP class {sop_class}")
+            raise PermanentDeliveryError(
+                f"{peer.ae_title} does not accept SOP class {sop_class} "
+                f"in transfer syntax {' or '.join(syntaxes)}"
+            )
         response = assoc.send_c_store(dataset)
         if not response or "Status" not in response:
             raise TransientDeliveryError("no C-STORE response (association aborted or timed out)")

@@ -137,6 +137,24 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def node_env(
+    data_dir: Path, *, database_url: str, broker_url: str, port: int, quiet_s: float = 1.5
+) -> dict[str, str]:
+    """Environment for `radlight` processes of one test deployment: its own data folder,
+    database and broker, the node on 127.0.0.1:``port``, short quiet and back-off times."""
+    return {
+        **dicom_env(),
+        "RADLIGHT_DATA_DIR": str(data_dir),
+        "RADLIGHT_DATABASE_URL": database_url,
+        "RADLIGHT_BROKER_URL": broker_url,
+        "RADLIGHT_DICOM_HOST": "127.0.0.1",
+        "RADLIGHT_DICOM_PORT": str(port),
+        "RADLIGHT_STUDY_QUIET_SECONDS": str(quiet_s),
+        "RADLIGHT_ASSEMBLER_INTERVAL_S": "0.3",
+        "RADLIGHT_DELIVERY_BACKOFF_S": "0.5",
+    }
+
+
 def radlight(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     """Run the real ``radlight`` CLI; fail with its output if it fails."""
     completed = subprocess.run(

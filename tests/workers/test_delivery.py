@@ -12,6 +12,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -34,6 +35,7 @@ from dicom_node.status import (
 from radlight.settings import Settings
 from tests.peers import free_port, require_tools, run_orthanc, wait_for
 from tests.workers.conftest import copy_with_new_uids, receive, worker_settings
+from tests.workers.test_sc_summary import heatmap_overlay_for, synthetic_findings
 from workers.context import WorkerContext, build_context
 from workers.delivery import deliver_result
 
@@ -62,11 +64,18 @@ class StoredResult:
 
 
 def stored_result(
-    ctx: WorkerContext, source: Path, *, host: str, port: int, ae_title: str
+    ctx: WorkerContext,
+    source: Path,
+    *,
+    host: str,
+    port: int,
+    ae_title: str,
+    result_ds: pydicom.Dataset | None = None,
 ) -> StoredResult:
-    """A result file in the store (a copy of a real image) with one delivery to the given peer."""
+    """A result file in the store (``result_ds``, by default a copy of a real image) with one
+    delivery to the given peer."""
     image = receive(ctx, source)
-    result_ds = copy_with_new_uids(source)
+    result_ds = result_ds if result_ds is not None else copy_with_new_uids(source)
     result_uid = str(result_ds.SOPInstanceUID)
     relative = ctx.store.result_path(
         str(result_ds.StudyInstanceUID), str(result_ds.SeriesInstanceUID), result_uid
@@ -175,6 +184,32 @@ def test_delivery_to_orthanc_is_sent_and_not_sent_twice(
         again = deliver_result(item.delivery_id, ctx)
         assert (again.state, again.reason) == (DeliveryState.SENT, "not claimable")
         assert delivery_row(ctx, item.delivery_id).attempts == 1
+
+
+def test_jpeg_baseline_result_reaches_orthanc_in_jpeg_baseline(
+    ctx: WorkerContext, real_dicom_files: list[Path], tmp_path: Path
+) -> None:
+    """A compressed result can only be sent as it is: the SCU offers its own syntax alone, or a
+    peer picking an uncompressed one would leave the C-STORE without a usable context."""
+    require_tools()
+    source = pydicom.dcmread(real_dicom_files[0])
+    overlay = heatmap_overlay_for(synthetic_findings(source), transfer_syntax_uid=JPEGBaseline8Bit)
+    with run_orthanc(tmp_path / "orthanc") as orthanc:
+        item = stored_result(
+            ctx,
+            real_dicom_files[0],
+            host="127.0.0.1",
+            port=orthanc.dicom_port,
+            ae_title=orthanc.ae_title,
+            result_ds=overlay,
+        )
+
+        outcome = deliver_result(item.delivery_id, ctx)
+
+        assert (outcome.state, outcome.reason) == (DeliveryState.SENT, None)
+        (instance,) = orthanc.get("/instances")
+        syntax = orthanc.get_bytes(f"/instances/{instance}/metadata/TransferSyntax").decode()
+        assert syntax == JPEGBaseline8Bit
 
 
 def test_sent_delivery_is_not_sent_again(ctx: WorkerContext, real_dicom_files: list[Path]) -> None:
