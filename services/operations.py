@@ -238,29 +238,33 @@ def reprocess_job(
     try:
         source = _get_job(session, job_id)
         _check_installed(models_dir, source.model_name, model_version)
-        existing = job_for_model_version(
-            session=session, source=source, model_version=model_version
-        )
-        if existing is None:
-            job = create_reprocess_job(session=session, source=source, model_version=model_version)
-            created = True
-        else:
-            if not reopen_job(session=session, job_id=existing.id, from_states=FINISHED):
-                session.refresh(existing)
-                raise ConflictError(
-                    f"job {existing.id} already runs {source.model_name} {model_version} on "
-                    f"these inputs and is {existing.state.value}; wait for it to finish"
-                )
-            job, created = existing, False
         try:
+            job, created = _reprocess_target(session, source, model_version)
             act.done(model_version=model_version, job_id=job.id, new_job=created)
-        except IntegrityError:
+        except IntegrityError:  # the unique (study, route, input key): a concurrent request
             raise ConflictError(
                 f"another request created the {model_version} job for job {job_id} just now"
             ) from None
     except OperationError as exc:
         raise act.refused(exc) from None
     return _queue_job(session, producer, job)
+
+
+def _reprocess_target(session: Session, source: Job, model_version: str) -> tuple[Job, bool]:
+    """The job that runs ``source``'s inputs with ``model_version``: an existing one reopened,
+    or a new one (True)."""
+    existing = job_for_model_version(session=session, source=source, model_version=model_version)
+    if existing is None:
+        return create_reprocess_job(
+            session=session, source=source, model_version=model_version
+        ), True
+    if not reopen_job(session=session, job_id=existing.id, from_states=FINISHED):
+        session.refresh(existing)
+        raise ConflictError(
+            f"job {existing.id} already runs {source.model_name} {model_version} on "
+            f"these inputs and is {existing.state.value}; wait for it to finish"
+        )
+    return existing, False
 
 
 def _queue_deliveries(session: Session, producer: TaskProducer, delivery_ids: list[int]) -> int:

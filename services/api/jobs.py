@@ -124,7 +124,9 @@ def cancel_job(
 
 
 @router.post(
-    "/{job_id}/reprocess", status_code=status.HTTP_202_ACCEPTED, responses=responses(404, 409)
+    "/{job_id}/reprocess",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=responses(400, 404, 409),
 )
 def reprocess_job(
     request: Request,

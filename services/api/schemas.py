@@ -138,6 +138,7 @@ class ErrorOut(BaseModel):
 
 
 _DESCRIBED = {
+    400: "The body could not be parsed (not JSON).",
     401: "Not authenticated (no, expired or invalid token or API key).",
     403: "The caller's role does not allow this.",
     404: "Not found.",

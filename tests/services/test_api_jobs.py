@@ -354,3 +354,39 @@ def test_hostile_job_requests_get_a_4xx_with_a_message(
     s = seed(sessions)
     assert_refused(client, role_headers[Role.ADMIN], method, path, status, detail)
     assert job_row(sessions, s.job_id).state is JobState.FAILED
+
+
+def test_a_reprocess_key_taken_meanwhile_is_a_409_not_a_server_error(
+    client: TestClient,
+    sessions: sessionmaker[Session],
+    role_headers: dict[Role, dict[str, str]],
+    installed: list[str],
+) -> None:
+    """What a concurrent request leaves behind: a row holding the reprocess key that the lookup
+    does not match (here its version was never recorded). The unique key refuses the insert."""
+    new = installed[1]
+    s = seed(sessions)
+    with transaction(sessions) as session:
+        source = session.get(Job, s.job_id)
+        assert source is not None
+        session.add(
+            Job(
+                study_id=source.study_id,
+                route_id=source.route_id,
+                input_hash=reprocess_input_hash(source.input_sop_instance_uids, new),
+                input_sop_instance_uids=source.input_sop_instance_uids,
+                model_name=source.model_name,
+                model_version=None,
+            )
+        )
+    response = client.post(
+        f"{JOBS}/{s.job_id}/reprocess",
+        json={"model_version": new},
+        headers=role_headers[Role.OPERATOR],
+    )
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"] == (
+        f"another request created the {new} job for job {s.job_id} just now"
+    )
+    (event,) = audit_events(sessions, "job.reprocess")
+    assert event.outcome == "failed"
