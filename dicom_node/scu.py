@@ -34,7 +34,7 @@ class Peer:
     ae_title: str
 
 
-def _proposed_syntaxes(syntax: UID) -> list[str]:
+def proposed_syntaxes(syntax: UID) -> list[str]:
     """The transfer syntaxes to offer for a file written in ``syntax``.
 
     An uncompressed file can go in any uncompressed syntax (pynetdicom re-encodes it). A
@@ -55,7 +55,7 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
     ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s
     sop_class = str(dataset.SOPClassUID)
-    syntaxes = _proposed_syntaxes(UID(str(dataset.file_meta.TransferSyntaxUID)))
+    syntaxes = proposed_syntaxes(UID(str(dataset.file_meta.TransferSyntaxUID)))
     ae.add_requested_context(sop_class, syntaxes)
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)

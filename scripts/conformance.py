@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from db.models import ResultKind  # noqa: E402
 from dicom_node import status as node_status  # noqa: E402
 from dicom_node.scp import make_ae  # noqa: E402
-from dicom_node.scu import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN  # noqa: E402
+from dicom_node.scu import EXPLICIT_VR_LITTLE_ENDIAN, proposed_syntaxes  # noqa: E402
 from radlight import __version__  # noqa: E402
 from radlight.settings import Settings  # noqa: E402
 from workers.results.sc import SUPPORTED_TRANSFER_SYNTAXES  # noqa: E402
@@ -225,11 +225,11 @@ def render() -> str:
         "### 3.2 Transfer syntaxes",
         "",
         "Results are written in the transfer syntaxes below. For each file the SCU proposes one",
-        "presentation context for its SOP class with the file's own transfer syntax,",
-        f"{_uid_name(EXPLICIT_VR_LITTLE_ENDIAN)} and {_uid_name(IMPLICIT_VR_LITTLE_ENDIAN)}.",
+        "presentation context for its SOP class, with the transfer syntaxes of the last column: an",
+        "uncompressed file in any uncompressed syntax, a compressed one only as it is written.",
         "",
         *_table(
-            ("written as", "UID", "for"),
+            ("written as", "UID", "for", "proposed as"),
             [
                 (
                     _uid_name(ts),
@@ -238,6 +238,7 @@ def render() -> str:
                     if ts == EXPLICIT_VR_LITTLE_ENDIAN
                     else "additional SC copies for destinations added with "
                     "`--sc-encoding jpeg_baseline` (lossy)",
+                    ", ".join(_uid_name(s) for s in proposed_syntaxes(UID(ts))),
                 )
                 for ts in sorted(SUPPORTED_TRANSFER_SYNTAXES)
             ],
