@@ -76,9 +76,12 @@ class Orthanc:
 
 
 @contextlib.contextmanager
-def run_orthanc(workdir: Path, ae_title: str = "ORTHANC") -> Iterator[Orthanc]:
+def run_orthanc(
+    workdir: Path, ae_title: str = "ORTHANC", *, dicom_port: int | None = None
+) -> Iterator[Orthanc]:
+    """Orthanc on free ports, or on ``dicom_port`` (a PACS that comes up where one was down)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     config = {
         "Name": "radlight-test-pacs",
         "StorageDirectory": str(workdir / "storage"),

@@ -1,6 +1,6 @@
 """The server-rendered admin dashboard (Jinja2), behind the same users and roles as the API.
 
-Pages live under ``/dashboard``: sign-in (``login``), read pages (``pages``, ``config``), the
+Pages live under ``/dashboard``: sign-in (``login``), read pages (``pages``), the
 buttons (``actions``) and two static files (``assets``). See docs/DASHBOARD.md.
 """
 

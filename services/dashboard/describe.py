@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from db.models import Result, ResultKind
-
-PREVIEWABLE = (ResultKind.HEATMAP_SC, ResultKind.SUMMARY_SC)
+from services.previews import PREVIEW_KINDS
 
 
 @dataclass(frozen=True)
@@ -56,4 +55,5 @@ def scores(result: Result) -> dict[str, list[Score]]:
 
 
 def previewable(result: Result) -> bool:
-    return result.kind in PREVIEWABLE
+    """Objects with pixels the API's preview renders (SC overlays, probability SEG)."""
+    return result.kind in PREVIEW_KINDS

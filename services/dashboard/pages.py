@@ -12,16 +12,20 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from db.models import StudyState
 from services import audit
+from services.api import audit_log
+from services.api import results as results_api
 from services.dashboard import queries
 from services.dashboard.session import AdminPage, ViewerPage
 from services.dashboard.web import DashboardRoute, PageError, render
-from services.deps import SessionDep
+from services.deps import SessionDep, SettingsDep
 
 router = APIRouter(route_class=DashboardRoute)
 T = TypeVar("T")
 
 PAGE_SIZE = 25
 LIVE_REFRESH_S = 5
+AUDIT_PAGE_SIZE = 50
+PREVIEW_SIZE = 480  # shown at 240 CSS pixels: sharp on high-density screens
 Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 PageOffset = Annotated[int, Query(ge=0, le=10_000_000)]
 Filter = Annotated[str | None, Query(max_length=64)]
@@ -115,6 +119,21 @@ def study(request: Request, session: SessionDep, user: ViewerPage, study_id: Id)
     return render(request, "study.html", user, {"study": found})
 
 
+@router.get("/results/{result_id}/preview.png")
+def preview(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: ViewerPage,
+    result_id: Id,
+) -> Response:
+    """A result's PNG, rendered and audited (``result.preview``) by the API's own handler; the
+    browser authenticates with its cookie, so the page cannot use the API's URL."""
+    return results_api.preview_result(
+        request, session, settings, user.principal, result_id, max_size=PREVIEW_SIZE
+    )
+
+
 @router.get("/audit")
 def audit_trail(
     request: Request,
@@ -125,22 +144,27 @@ def audit_trail(
     outcome: Filter = None,
     offset: PageOffset = 0,
 ) -> Response:
-    """The audit trail, newest first (admins only)."""
-    filters = queries.AuditFilters(
-        actor=_blank_is_none(actor), action=_blank_is_none(action), outcome=_blank_is_none(outcome)
-    )
-    events, total = queries.audit_events(
-        session=session, filters=filters, limit=PAGE_SIZE * 2, offset=offset
+    """The audit trail, newest first (admins only), read and recorded by the API's own query."""
+    filters = {
+        "actor": _blank_is_none(actor),
+        "action": _blank_is_none(action),
+        "outcome": _blank_is_none(outcome),
+    }
+    page = audit_log.query_audit(
+        request,
+        session,
+        user.principal,
+        AUDIT_PAGE_SIZE,
+        offset,
+        **filters,
+        target_type=None,
+        target_id=None,
+        at_from=None,
+        at_to=None,
     )
     return render(
         request,
         "audit.html",
         user,
-        {
-            "events": events,
-            "total": total,
-            "limit": PAGE_SIZE * 2,
-            "offset": offset,
-            "filters": filters,
-        },
+        {"page": page, "filters": {k: v for k, v in filters.items() if v}},
     )

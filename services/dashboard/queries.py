@@ -8,7 +8,6 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import (
-    AuditEvent,
     Delivery,
     DeliveryState,
     IngestFailure,
@@ -211,30 +210,3 @@ def study_detail(*, session: Session, study_id: int) -> Study | None:
         )
         .where(Study.id == study_id)
     ).one_or_none()
-
-
-@dataclass(frozen=True)
-class AuditFilters:
-    actor: str | None = None
-    action: str | None = None
-    outcome: str | None = None
-
-    def query_args(self) -> dict[str, str]:
-        values = {"actor": self.actor, "action": self.action, "outcome": self.outcome}
-        return {k: v for k, v in values.items() if v}
-
-
-def audit_events(
-    *, session: Session, filters: AuditFilters, limit: int, offset: int
-) -> tuple[list[AuditEvent], int]:
-    """A page of the audit trail, newest first, and how many events match."""
-    query = select(AuditEvent)
-    if filters.actor:
-        query = query.where(AuditEvent.actor == filters.actor)
-    if filters.action:
-        query = query.where(AuditEvent.action == filters.action)
-    if filters.outcome:
-        query = query.where(AuditEvent.outcome == filters.outcome)
-    total = _count(session, select(func.count()).select_from(query.subquery()))
-    rows = session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit).offset(offset))
-    return list(rows), total

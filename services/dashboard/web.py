@@ -70,6 +70,8 @@ NOTICES = {
     "delivery-retried": "Delivery {id} was put back on the queue.",
     "delivery-waiting": "Delivery {id} will be queued as soon as the broker answers.",
     "deliveries-retried": "{id} failed deliveries were put back on the queue.",
+    "destination-saved": "Destination {id} was saved; the next delivery uses it.",
+    "route-saved": "Route {id} was saved; the next study that falls quiet follows it.",
 }
 
 

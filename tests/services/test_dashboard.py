@@ -7,11 +7,14 @@ their work on the app's real (filesystem) broker.
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,12 +35,16 @@ from db.models import (
     User,
 )
 from db.session import transaction
+from models.export import BuiltModel, build_tiny_classifier
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE
 from radlight.settings import Settings
 from services.app import create_app
 from services.auth import SESSION_COOKIE
 from services.security import issue_token, load_secret_key
 from tests.services.conftest import PASSWORD
+from tests.workers.conftest import receive
+from workers.context import build_context
+from workers.pipeline import run_job
 
 D = "/dashboard"
 UID_ROOT = "1.2.826.0.1.3680043.8.498"
@@ -73,6 +80,8 @@ class Seeded:
     job: int
     result: int
     delivery: int
+    destination: int
+    route: int
 
 
 def _job(session: Session, n: int, state: JobState, reason: str | None = None) -> Job:
@@ -136,6 +145,8 @@ def seeded(sessions: sessionmaker[Session]) -> Seeded:
             job.id,
             result.id,
             delivery.id,
+            destination.id,
+            job.route_id,
         )
 
 
@@ -213,7 +224,9 @@ READ_PAGES = [
 
 
 def _path(template: str, seeded: Seeded) -> str:
-    return D + template.format(study=seeded.study)
+    return D + template.format(
+        study=seeded.study, destination=seeded.destination, route=seeded.route
+    )
 
 
 # --- anonymous --------------------------------------------------------------------------------
@@ -633,4 +646,73 @@ def test_the_audit_page_lists_and_filters_events(
     assert "access.denied" in page
     assert "user:viewer" in page
     assert "auth.login" not in page
-    assert "auth.login" in client.get(f"{D}/audit?action=auth.login").text
+    assert "auth.login" in client.get(f"{D}/audit?action=auth.login&actor=&outcome=").text
+    # Reading the trail is recorded, as the API's query is.
+    assert [e.actor for e in events(sessions, "audit.query")] == ["user:admin", "user:admin"]
+
+
+# --- results from the real pipeline -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
+    return build_tiny_classifier(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_study_page_shows_png_previews_of_real_results(
+    client: TestClient,
+    app_settings: Settings,
+    sessions: sessionmaker[Session],
+    tiny_model: BuiltModel,
+    real_dicom_files: list[Path],
+) -> None:
+    """The tiny classifier runs in-process over a real NIH chest X-ray; the page shows a preview
+    of every image result (served with the cookie, audited as the API's previews are)."""
+    ctx = build_context(app_settings)
+    try:
+        ctx.registry.install(tiny_model.onnx_path, tiny_model.card)
+        outcome = receive(ctx, real_dicom_files[0])
+        with transaction(ctx.sessions) as session:
+            route = upsert_route(session=session, name="chest", model_name=tiny_model.card.name)
+            source_uid = str(
+                pydicom.dcmread(real_dicom_files[0], stop_before_pixels=True).SOPInstanceUID
+            )
+            job = create_job_if_new(
+                session=session,
+                study_id=outcome.study_id,
+                route=route,
+                sop_instance_uids=[source_uid],
+            )
+            assert job is not None
+            session.flush()
+            job_id = job.id
+        assert run_job(job_id, ctx) is JobState.SUCCEEDED
+    finally:
+        ctx.producer.close()
+        ctx.engine.dispose()
+    with sessions() as session:
+        results = list(session.scalars(select(Result).where(Result.job_id == job_id)))
+    images = {r.id for r in results if r.kind in (ResultKind.HEATMAP_SC, ResultKind.SUMMARY_SC)}
+    assert images
+
+    as_role(client, Role.VIEWER)
+    page = client.get(f"{D}/studies/{outcome.study_id}").text
+    shown = {int(i) for i in re.findall(rf'<img src="{D}/results/(\d+)/preview.png"', page)}
+    assert shown == images
+    assert "Scores for image" in page  # the SR's findings table
+    for result_id in sorted(shown):
+        response = client.get(f"{D}/results/{result_id}/preview.png")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        picture = Image.open(BytesIO(response.content))
+        assert picture.format == "PNG"
+        assert max(picture.size) <= 480
+    sr = next(r for r in results if r.kind is ResultKind.FINDINGS_SR)
+    assert client.get(f"{D}/results/{sr.id}/preview.png").status_code == 404
+    previews = events(sessions, "result.preview")
+    assert sorted(int(e.target_id or 0) for e in previews) == sorted(shown)
+    assert {e.actor for e in previews} == {"user:viewer"}
+    client.cookies.clear()
+    anonymous = client.get(f"{D}/results/{min(shown)}/preview.png", follow_redirects=False)
+    assert anonymous.status_code == 303
