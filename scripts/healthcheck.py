@@ -28,14 +28,16 @@ TIMEOUT_S = 10.0
 
 def process_args(argv: Sequence[str]) -> list[str]:
     """The arguments after ``radlight`` (``tini -- radlight``, ``python -m radlight``) in ``argv``."""
-    for index, arg in enumerate(argv[:4]):
-        if Path(arg).name == "radlight":
+    for index, arg in enumerate(argv):
+        program = index == 0 or argv[index - 1] in ("--", "-m")
+        if program and Path(arg).name == "radlight":
             return list(argv[index + 1 :])
     return list(argv)
 
 
-def pid1_args() -> list[str]:
-    raw = Path("/proc/1/cmdline").read_bytes()
+def pid1_args(cmdline: Path = Path("/proc/1/cmdline")) -> list[str]:
+    """The container's command: PID 1 is ``tini -- radlight ARGS`` in RadLight's images."""
+    raw = cmdline.read_bytes()
     return process_args([part.decode() for part in raw.split(b"\0") if part])
 
 
