@@ -176,6 +176,21 @@ def radlight(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     return completed.stdout
 
 
+def create_user(env: dict[str, str], username: str, role: str, password: str) -> None:
+    """A user made the documented way: ``radlight users create``, password on standard input."""
+    args = ("users", "create", username, "--role", role, "--password-stdin")
+    completed = subprocess.run(
+        [sys.executable, "-m", "radlight", *args],
+        input=password + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
 @dataclass
 class Service:
     name: str

@@ -11,8 +11,6 @@ in the docs.
 """
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from models.registry import ModelRegistry
 from tests.peers import (
     REDIS_URL,
     Service,
+    create_user,
     echo_ok,
     free_port,
     node_env,
@@ -48,7 +47,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 BROKER_DB = 8
 ADMIN_PASSWORD = "dashboard browser test password"
 PACS_AE = "ORTHANC"
-RADLIGHT_CLI = (sys.executable, "-m", "radlight")
 MAX_SCREENSHOT_BYTES = 300_000
 
 
@@ -84,20 +82,6 @@ class Deployment:
             raise AssertionError(f"{exc}\n{self.logs()}") from exc
 
 
-def _create_admin(env: dict[str, str]) -> None:
-    """The first admin, made the documented way: the CLI, password on standard input."""
-    completed = subprocess.run(
-        [*RADLIGHT_CLI, "users", "create", "admin", "--role", "admin", "--password-stdin"],
-        input=ADMIN_PASSWORD + "\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-
-
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     require_tools()
@@ -114,7 +98,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         "RADLIGHT_DELIVERY_MAX_ATTEMPTS": "1",  # the first failure is final: shown at once
     }
     radlight(env, "db", "upgrade")
-    _create_admin(env)
+    create_user(env, "admin", "admin", ADMIN_PASSWORD)
     tiny = build_tiny_classifier(tmp_path / "tiny", seed=0)
     ModelRegistry(data_dir / "models").install(tiny.onnx_path, tiny.card)
     engine = make_engine(database_url)
