@@ -30,17 +30,20 @@ from db.models import (
     Result,
     ResultKind,
     Role,
+    Route,
     Study,
     StudyState,
     User,
 )
 from db.session import transaction
 from models.export import BuiltModel, build_tiny_classifier
+from models.registry import ModelRegistry
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE
 from radlight.settings import Settings
 from services.app import create_app
 from services.auth import SESSION_COOKIE
 from services.security import issue_token, load_secret_key
+from tests.peers import run_orthanc
 from tests.services.conftest import PASSWORD
 from tests.workers.conftest import receive
 from workers.context import build_context
@@ -220,6 +223,11 @@ READ_PAGES = [
     ("/studies", Role.VIEWER),
     ("/studies/{study}", Role.VIEWER),
     ("/audit", Role.ADMIN),
+    ("/destinations", Role.OPERATOR),
+    ("/routes", Role.OPERATOR),
+    ("/models", Role.OPERATOR),
+    ("/destinations/{destination}/edit", Role.ADMIN),
+    ("/routes/{route}/edit", Role.ADMIN),
 ]
 
 
@@ -716,3 +724,140 @@ def test_study_page_shows_png_previews_of_real_results(
     client.cookies.clear()
     anonymous = client.get(f"{D}/results/{min(shown)}/preview.png", follow_redirects=False)
     assert anonymous.status_code == 303
+
+
+# --- configuration pages ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def installed(app_settings: Settings, tiny_model: BuiltModel) -> str:
+    """The tiny classifier in the app's model registry; returns its name."""
+    ModelRegistry(app_settings.models_dir).install(tiny_model.onnx_path, tiny_model.card)
+    return tiny_model.card.name
+
+
+def route_form(csrf: str, **fields: str | list[str]) -> dict[str, str | list[str]]:
+    return {"csrf_token": csrf, "name": "chest", "priority": "100", "enabled": "on", **fields}
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_config_pages_show_the_api_view_and_edit_links_by_role(
+    client: TestClient, seeded: Seeded, installed: str
+) -> None:
+    as_role(client, Role.OPERATOR)
+    page = client.get(f"{D}/destinations").text
+    assert "127.0.0.1:1" in page
+    assert f'action="{D}/destinations/{seeded.destination}/echo"' in page
+    assert f'action="{D}/deliveries/retry-failed"' in page  # one failed delivery there
+    assert "/edit" not in page
+    routes = client.get(f"{D}/routes").text
+    assert "chexnet (latest)" in routes
+    assert "modality" not in routes  # the seeded route matches anything
+    models = client.get(f"{D}/models").text
+    assert installed in models
+    assert "0.0.0-seed0" in models
+    as_role(client, Role.ADMIN)
+    assert f'href="{D}/routes/{seeded.route}/edit"' in client.get(f"{D}/routes").text
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_an_admin_edits_a_route_through_the_api_rules(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session], installed: str
+) -> None:
+    csrf = as_role(client, Role.ADMIN)
+    form = client.get(f"{D}/routes/{seeded.route}/edit").text
+    assert 'name="model_name"' in form
+    assert f'value="{seeded.destination}" checked' in form
+    path = f"{D}/routes/{seeded.route}"
+
+    # The API's checks hold: the seeded model is not installed, ages must be in order.
+    refused = client.post(path, data=route_form(csrf, model_name="chexnet"))
+    assert refused.status_code == 422
+    assert "no model named &#39;chexnet&#39; is installed" in refused.text
+    backwards = route_form(csrf, model_name=installed, min_age_years="60", max_age_years="18")
+    refused = client.post(path, data=backwards)
+    assert refused.status_code == 422
+    assert "min_age_years must not exceed max_age_years" in refused.text
+    assert 'value="60"' in refused.text  # what was typed is shown again
+    assert client.post(path, data=route_form(csrf, priority="first")).status_code == 422
+
+    saved = client.post(
+        path,
+        data=route_form(
+            csrf,
+            model_name=installed,
+            modalities="dx, CR",
+            view_positions="PA",
+            thresholds="Effusion = 0.35",
+            quiet_seconds="2.5",
+        ),
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303, saved.text
+    assert saved.headers["location"] == f"{D}/routes?notice=route-saved&id={seeded.route}"
+    with sessions() as session:
+        route = session.get(Route, seeded.route)
+        assert route is not None
+        assert (route.model_name, route.modalities, route.view_positions) == (
+            installed,
+            "DX,CR",
+            "PA",
+        )
+        assert route.thresholds == {"Effusion": 0.35}
+        assert route.quiet_seconds == 2.5
+        assert route.destinations == []  # no destination box ticked
+    changed = events(sessions, "route.update")
+    assert [(e.actor, e.target_id) for e in changed] == [("user:admin", str(seeded.route))]
+    assert set(changed[0].detail["changes"]) >= {"model_name", "modalities", "destinations"}
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_an_operator_cannot_edit_configuration(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session], installed: str
+) -> None:
+    csrf = as_role(client, Role.OPERATOR)
+    response = client.post(
+        f"{D}/routes/{seeded.route}", data=route_form(csrf, model_name=installed)
+    )
+    assert response.status_code == 403
+    response = client.post(
+        f"{D}/destinations/{seeded.destination}",
+        data={"csrf_token": csrf, "name": "pacs", "host": "10.0.0.9", "port": "104"},
+    )
+    assert response.status_code == 403
+    assert events(sessions, "route.update") == []
+    assert events(sessions, "destination.update") == []
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_echo_fails_on_a_closed_port_then_answers_from_orthanc(
+    client: TestClient, seeded: Seeded, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    csrf = as_role(client, Role.OPERATOR)
+    down = client.post(f"{D}/destinations/{seeded.destination}/echo", data={"csrf_token": csrf})
+    assert down.status_code == 200
+    assert "failed after" in down.text
+    assert [e.outcome for e in events(sessions, "destination.echo")] == ["failed"]
+
+    with run_orthanc(tmp_path / "orthanc") as orthanc:
+        admin_csrf = as_role(client, Role.ADMIN)
+        moved = client.post(
+            f"{D}/destinations/{seeded.destination}",
+            data={
+                "csrf_token": admin_csrf,
+                "name": "pacs",
+                "host": "127.0.0.1",
+                "port": str(orthanc.dicom_port),
+                "ae_title": orthanc.ae_title,
+                "sc_encoding": "lossless",
+                "enabled": "on",
+            },
+            follow_redirects=False,
+        )
+        assert moved.status_code == 303, moved.text
+        up = client.post(
+            f"{D}/destinations/{seeded.destination}/echo", data={"csrf_token": admin_csrf}
+        )
+    assert "answered (status 0x0000)" in up.text
+    assert [e.outcome for e in events(sessions, "destination.echo")] == ["failed", "ok"]
+    assert [e.actor for e in events(sessions, "destination.update")] == ["user:admin"]
