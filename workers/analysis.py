@@ -1,12 +1,14 @@
 """From analysed images to every result object of one job, with deterministic UIDs.
 
-Runs the model once over all images, turns each finding into a FindingResult (score, operating
-threshold, heatmap and region for the present ones), and calls the result builders: an SC per
-present finding (up to a cap) and a summary SC per image, optionally a probability SEG and a
-region GSPS per image, and one TID 1500 SR that references all of them. A job whose images were
-all refused gets a "not analysed" SR instead. Every object then names the job's step, and the
-images reference the SR (``workers.results.links``). Pure apart from inference: no database, no
-store.
+``analyse`` runs the model once over all images and turns each finding into a FindingResult
+(score, operating threshold, heatmap and region for the present ones). ``build_results`` then
+calls the result builders: an SC per present finding (up to a cap) and a summary SC per image,
+optionally a probability SEG and a region GSPS per image, and one TID 1500 SR that references all
+of them; every object names the job's step, and the images reference the SR
+(``workers.results.links``). A job whose images were all refused gets a "not analysed" SR
+instead (``not_analysed``). Pure apart from inference: no database, no store; ``build_results``
+and ``not_analysed`` need no model at all (scripts/render_gallery.py feeds them synthetic
+findings).
 """
 
 from collections.abc import Mapping, Sequence
@@ -84,17 +86,23 @@ class BuiltResult:
 
 
 class _Uids:
-    def __init__(self, job: JobIdentity, entry: ModelEntry) -> None:
-        self._base = (job.study_instance_uid, job.input_hash, entry.card.name, entry.card.version)
+    def __init__(self, job: JobIdentity, algorithm: AlgorithmInfo) -> None:
+        self._base = (job.study_instance_uid, job.input_hash, algorithm.name, algorithm.version)
 
     def __call__(self, *parts: str) -> str:
         return deterministic_uid(*self._base, *parts)
 
 
-def _job_step(job: JobIdentity, entry: ModelEntry, uid: _Uids) -> JobStep:
+def algorithm_of(entry: ModelEntry) -> AlgorithmInfo:
+    """The provenance every result of ``entry`` carries: its card's name and version, its file's
+    checksum."""
+    return AlgorithmInfo(name=entry.card.name, version=entry.card.version, sha256=entry.sha256)
+
+
+def _job_step(job: JobIdentity, algorithm: AlgorithmInfo, uid: _Uids) -> JobStep:
     """How every object of the job names it: a step UID from the job's inputs and model, the
     job's number, and the model that ran."""
-    description = f"RadLight AI job {job.job_id}: {entry.card.name} {entry.card.version}"
+    description = f"RadLight AI job {job.job_id}: {algorithm.title}"
     return JobStep(uid=uid("job-step"), step_id=str(job.job_id), description=description[:64])
 
 
@@ -126,15 +134,8 @@ def analyse(
     model = load_model(entry)
     prepared = [prepare_image(image.display, card.preprocessing) for image in images]
     output = model.infer(np.stack([p.tensor for p in prepared]))
-    algorithm = AlgorithmInfo(name=card.name, version=card.version, sha256=entry.sha256)
-    uid = _Uids(job, entry)
-    when = job.created_at
-
-    results: list[BuiltResult] = []
-    all_findings: list[ImageFindings] = []
-    overlay_counts = dict.fromkeys(SCEncoding, 0)  # instance numbers, per SC series
-    for index, image in enumerate(images):
-        findings = _finding_results(
+    findings = [
+        _finding_results(
             entry,
             image,
             output.probabilities[index],
@@ -142,7 +143,25 @@ def analyse(
             prepared[index].geometry,
             options.default_threshold,
         )
-        all_findings.append(findings)
+        for index, image in enumerate(images)
+    ]
+    return build_results(job, algorithm_of(entry), findings, options)
+
+
+def build_results(
+    job: JobIdentity,
+    algorithm: AlgorithmInfo,
+    images: Sequence[ImageFindings],
+    options: ResultOptions,
+) -> list[BuiltResult]:
+    """Every result object of a job from its images' findings, linked to each other: SCs, SEG and
+    GSPS per image as ``options`` ask, and the SR. Pure: no model, no I/O."""
+    uid = _Uids(job, algorithm)
+    when = job.created_at
+
+    results: list[BuiltResult] = []
+    overlay_counts = dict.fromkeys(SCEncoding, 0)  # instance numbers, per SC series
+    for index, findings in enumerate(images):
         source_uid = findings.sop_instance_uid
         encodings = [SCEncoding.LOSSLESS] + (
             [SCEncoding.JPEG_BASELINE] if options.jpeg_copies else []
@@ -157,8 +176,8 @@ def analyse(
                 assert finding.heatmap is not None  # present findings carry their heatmap
                 overlay_counts[encoding] += 1
                 overlay = build_heatmap_overlay(
-                    source=image.source,
-                    display_image=image.display,
+                    source=findings.source,
+                    display_image=findings.display,
                     heatmap=finding.heatmap,
                     finding=finding.score,
                     algorithm=algorithm,
@@ -222,7 +241,7 @@ def analyse(
     # Both encodings: a destination that gets only the JPEG copies finds them from the SR too.
     evidence: list[Dataset] = [r.dataset for r in results]
     report = build_findings_report(
-        images=all_findings,
+        images=images,
         algorithm=algorithm,
         series_instance_uid=uid("sr-series"),
         sop_instance_uid=uid("sr"),
@@ -234,14 +253,14 @@ def analyse(
     summary: dict[str, object] = {
         "findings": {
             f.sop_instance_uid: {r.score.label: round(r.score.probability, 6) for r in f.findings}
-            for f in all_findings
+            for f in images
         },
-        "present": {f.sop_instance_uid: [r.score.label for r in f.present()] for f in all_findings},
+        "present": {f.sop_instance_uid: [r.score.label for r in f.present()] for f in images},
     }
     results.append(BuiltResult(ResultKind.FINDINGS_SR, report, None, summary))
     link_job_objects(
         [r.dataset for r in results],
-        _job_step(job, entry, uid),
+        _job_step(job, algorithm, uid),
         ReportReference(ComprehensiveSRStorage, str(report.SOPInstanceUID)),
     )
     return results
@@ -249,16 +268,14 @@ def analyse(
 
 def not_analysed(
     job: JobIdentity,
-    entry: ModelEntry,
+    algorithm: AlgorithmInfo,
     sources: Sequence[Dataset],
     reasons: Mapping[str, str],
 ) -> list[BuiltResult]:
     """The SR that tells the radiologist the node saw the study and why it did not analyse it."""
     if not sources:
         return []
-    card = entry.card
-    algorithm = AlgorithmInfo(name=card.name, version=card.version, sha256=entry.sha256)
-    uid = _Uids(job, entry)
+    uid = _Uids(job, algorithm)
     readable = {str(ds.SOPInstanceUID) for ds in sources}
     report = build_not_analysed_report(
         sources=sources,
@@ -270,5 +287,5 @@ def not_analysed(
         instance_number=1,
         content_datetime=job.created_at,
     )
-    link_job_objects([report], _job_step(job, entry, uid))
+    link_job_objects([report], _job_step(job, algorithm, uid))
     return [BuiltResult(ResultKind.NOT_ANALYSED_SR, report, None, {"reasons": dict(reasons)})]

@@ -38,6 +38,7 @@ from workers.analysis import (
     BuiltResult,
     JobIdentity,
     ResultOptions,
+    algorithm_of,
     analyse,
     not_analysed,
 )
@@ -199,7 +200,9 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
         else:
             state = JobState.NOT_ANALYSED
             reason = f"not analysed: {skipped_note or 'no input instances'}"
-            built = not_analysed(inputs.identity, entry, read.skipped_datasets, read.skipped)
+            built = not_analysed(
+                inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
+            )
         with transaction(ctx.sessions) as session:
             delivery_ids = _store_results(ctx, session, inputs, entry, built)
             finish_job(

@@ -33,6 +33,7 @@ from workers.analysis import (
     BuiltResult,
     JobIdentity,
     ResultOptions,
+    algorithm_of,
     analyse,
     not_analysed,
 )
@@ -253,7 +254,9 @@ def test_not_analysed_report_names_its_job_step(
 ) -> None:
     source = images[0].source
     job = identity(images)
-    (result,) = not_analysed(job, entry, [source], {str(source.SOPInstanceUID): "lateral view"})
+    (result,) = not_analysed(
+        job, algorithm_of(entry), [source], {str(source.SOPInstanceUID): "lateral view"}
+    )
     (report,) = by_kind(built, ResultKind.FINDINGS_SR)
     assert step_uid(result.dataset) == step_uid(report.dataset)
     assert "PerformedProcedureStepID" not in result.dataset
