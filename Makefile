@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dcmtk orthanc dicom3tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean
+.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery
 
 setup: system-packages venv
 
@@ -48,6 +48,10 @@ test: setup lint typecheck pytest
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# Pictures of every result object as viewers and dcmtk render them (docs/RESULTS.md).
+gallery: setup
+	$(PY) scripts/render_gallery.py
 
 # docs/CONFORMANCE.md from the code's own lists of SOP classes, transfer syntaxes and statuses.
 conformance: venv
