@@ -7,7 +7,8 @@ images were all refused sends a "not analysed" SR back instead.
 """
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from io import BytesIO
 
 from pydicom import dcmread
@@ -56,6 +57,7 @@ class JobInputs:
     model_version: str | None
     options: ResultOptions
     instances: list[tuple[str, str]]  # (sop instance uid, relative path)
+    thresholds: dict[str, float]  # the route's per-site thresholds, finding -> value
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,25 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
         model_version=job.model_version,
         options=_options(job.route, ctx),
         instances=[(row.sop_instance_uid, row.relative_path) for row in rows],
+        thresholds=dict(job.route.thresholds or {}),
     )
+
+
+def _with_site_thresholds(entry: ModelEntry, thresholds: Mapping[str, float]) -> ModelEntry:
+    """The entry as this site runs it: the route's thresholds replace the card's for the findings
+    they name (values outside [0, 1] are ignored; the API never stores one)."""
+    wanted = {
+        k: float(v) for k, v in thresholds.items() if isinstance(v, int | float) and 0 <= v <= 1
+    }
+    if not wanted:
+        return entry
+    labels = tuple(
+        label.model_copy(update={"threshold": wanted[label.name]})
+        if label.name in wanted
+        else label
+        for label in entry.card.labels
+    )
+    return replace(entry, card=entry.card.model_copy(update={"labels": labels}))
 
 
 def _read_inputs(ctx: WorkerContext, inputs: JobInputs, contract: InputContract) -> ReadInputs:
@@ -185,7 +205,9 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
         inputs = _load_inputs(session, job_id, ctx)
     with log_context(study_uid=inputs.identity.study_instance_uid):
         try:
-            entry = ctx.registry.get(inputs.model_name, inputs.model_version)
+            entry = _with_site_thresholds(
+                ctx.registry.get(inputs.model_name, inputs.model_version), inputs.thresholds
+            )
         except ModelError as exc:
             return _finish(ctx, job_id, JobState.FAILED, f"model unavailable: {exc}")
         read = _read_inputs(ctx, inputs, entry.card.input)
