@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.config import upsert_destination
 from db.ingest import record_instance
 from db.jobs import create_job_if_new
-from db.models import AuditEvent, Job, Role, Route, StudyState
+from db.models import AuditEvent, Job, JobState, Result, ResultKind, Role, Route, StudyState
 from db.session import transaction
 from dicom_node.assembly import Assembler
 from models.export import BuiltModel
@@ -26,6 +26,10 @@ from tests.services.installed_models import TINY, install
 from tests.services.installed_models import tiny_builds as tiny_builds  # a fixture
 from tests.services.roles import assert_roles
 from tests.services.test_api import RECEIVED
+from tests.workers.conftest import copy_with_new_uids
+from tests.workers.conftest import receive as receive_in_store
+from workers.context import build_context
+from workers.pipeline import run_job
 
 ROUTES = "/api/v1/routes"
 OLD, NEW = "0.0.0-seed0", "0.0.0-seed1"
@@ -349,3 +353,56 @@ def test_a_route_changed_through_the_api_applies_to_the_next_study(
             assert (job.route_id, job.model_name) == (route["id"], TINY)
     finally:
         producer.close()
+
+
+@pytest.mark.usefixtures("models")
+def test_site_thresholds_set_through_the_api_decide_what_the_worker_calls_present(
+    client: TestClient, app_settings: Settings, admin: dict[str, str], real_dicom_files: list[Path]
+) -> None:
+    """Thresholds just past each score flip every finding: present ones become absent and the
+    others present, so the override (not the card's or the default threshold) decided."""
+    ctx = build_context(app_settings)
+    try:
+        route = client.post(ROUTES, json={**MINIMAL, "model_version": OLD}, headers=admin).json()
+
+        def present_after_run() -> tuple[dict[str, float], set[str]]:
+            source = copy_with_new_uids(real_dicom_files[0])
+            outcome = receive_in_store(ctx, source)
+            with transaction(ctx.sessions) as session:
+                row = session.get(Route, route["id"])
+                assert row is not None
+                job = create_job_if_new(
+                    session=session,
+                    study_id=outcome.study_id,
+                    route=row,
+                    sop_instance_uids=[str(source.SOPInstanceUID)],
+                )
+                assert job is not None
+                job_id = job.id
+            assert run_job(job_id, ctx) is JobState.SUCCEEDED
+            with ctx.sessions() as session:
+                report = session.scalars(
+                    select(Result).where(
+                        Result.job_id == job_id, Result.kind == ResultKind.FINDINGS_SR
+                    )
+                ).one()
+            (scores,) = report.summary["findings"].values()
+            (present,) = report.summary["present"].values()
+            return scores, set(present)
+
+        scores, before = present_after_run()
+        flipped = {
+            name: round(min(1.0, p + 0.01), 4) if name in before else round(max(0.0, p - 0.01), 4)
+            for name, p in scores.items()
+        }
+        response = client.put(
+            f"{ROUTES}/{route['id']}/thresholds", json={"thresholds": flipped}, headers=admin
+        )
+        assert response.status_code == 200, response.text
+
+        same_scores, after = present_after_run()
+        assert same_scores == scores  # the same pixels through the same model version
+        assert after == set(scores) - before
+    finally:
+        ctx.producer.close()
+        ctx.engine.dispose()
