@@ -6,6 +6,7 @@ Routers live in ``services/api/`` (one resource each); authentication and roles 
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -29,6 +30,7 @@ from services.api import (
     stats,
     studies,
 )
+from services.api.schemas import ErrorOut
 from services.deps import SessionDep, close_producer
 
 API_DESCRIPTION = """RadLight's admin and results API.
@@ -38,6 +40,12 @@ Authenticate with the OAuth2 password flow (`POST /api/v1/auth/token`, then
 **operator** (retry and cancel, read configuration), **viewer** (read studies and results).
 Every result is an AI result and not for primary diagnosis.
 """
+
+
+# FastAPI answers 400 itself when a body is not valid JSON/UTF-8; every router documents it.
+UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The request body could not be read."}
+}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -94,5 +102,5 @@ def create_app(settings: Settings) -> FastAPI:
         metrics,
         dashboard,
     ):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=UNREADABLE_BODY)
     return app

@@ -17,9 +17,11 @@ from sqlalchemy.orm import Session
 
 from db.models import ApiKey, Role, User
 from services import audit
+from services.api.schemas import ErrorOut
 from services.deps import SessionDep, SettingsDep
 from services.principal import Principal
 from services.security import (
+    API_KEY_MARK,
     api_key_matches,
     issue_token,
     load_secret_key,
@@ -73,6 +75,10 @@ def authenticate(
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
     """The caller behind the request's token or API key; 401 when there is none or it is bad."""
+    if bearer and bearer.startswith(f"{API_KEY_MARK}_"):
+        api_key = (
+            api_key or bearer
+        )  # clients that only send a bearer (e.g. Prometheus) may use a key
     if api_key:
         principal = _principal_for_api_key(session, api_key)
         if principal is None:
@@ -170,7 +176,7 @@ def create_token(
     return TokenOut(access_token=issued.access_token, expires_in=int(lifetime.total_seconds()))
 
 
-@router.get("/me")
+@router.get("/me", responses={401: {"model": ErrorOut, "description": "Not authenticated."}})
 def who_am_i(principal: PrincipalDep) -> MeOut:
     """The caller's identity and role, as the server sees them."""
     return MeOut(actor=principal.actor, role=principal.role, username=principal.username)

@@ -123,6 +123,8 @@ def test_api_keys_authenticate_and_can_be_revoked(
         )
     headers = {"X-API-Key": key.token}
     assert client.get("/api/v1/auth/me", headers=headers).json()["actor"] == "apikey:ris"
+    as_bearer = {"Authorization": f"Bearer {key.token}"}  # for clients that only send a bearer
+    assert client.get("/api/v1/auth/me", headers=as_bearer).json()["actor"] == "apikey:ris"
     assert client.get(STUDIES, headers=headers).status_code == 200
     wrong = {"X-API-Key": key.token[:-1] + ("A" if key.token[-1] != "A" else "B")}
     assert client.get(STUDIES, headers=wrong).status_code == 401
