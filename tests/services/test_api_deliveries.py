@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +19,6 @@ from dicom_node.assembly import Assembler
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE, TASK_DELIVER
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
-from services.api import ingest_failures
 from services.app import create_app
 from services.operations import AWAITING_BROKER
 from tests.brokers import clean_redis, redis_lists
@@ -30,13 +28,6 @@ from tests.services.seed import assert_read_by, assert_refused, assert_role_gate
 BROKER_URL = f"{REDIS_URL}/10"
 DELIVERIES = "/api/v1/deliveries"
 FAILURES = "/api/v1/ingest-failures"
-
-
-def with_ingest_failures(app: FastAPI) -> FastAPI:
-    """The ingest-failures router, until services/app.py includes it."""
-    if not any(getattr(r, "path", None) == FAILURES for r in app.routes):
-        app.include_router(ingest_failures.router)
-    return app
 
 
 @pytest.fixture
@@ -52,7 +43,7 @@ def app_settings(tmp_path: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 def client(app_settings: Settings, broker: redis.Redis) -> Iterator[TestClient]:
-    with TestClient(with_ingest_failures(create_app(app_settings))) as test_client:
+    with TestClient(create_app(app_settings)) as test_client:
         yield test_client
 
 
