@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := dcmtk orthanc dicom3tools
+APT_PACKAGES := dcmtk orthanc dicom3tools chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery
