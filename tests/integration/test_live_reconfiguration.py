@@ -10,8 +10,6 @@ the backend (the API tests run on both).
 """
 
 import contextlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from tests.peers import (
     REDIS_URL,
     Orthanc,
     Service,
+    create_user,
     echo_ok,
     free_port,
     node_env,
@@ -46,7 +45,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_DB = 11  # this test's own broker database
 MODEL = "tiny-test-classifier"
 PASSWORD = "a long and private admin passphrase"
-CREATE_ADMIN = ("users", "create", "admin", "--role", "admin", "--password-stdin")
 
 
 @dataclass
@@ -65,19 +63,6 @@ class Deployment:
         return "\n".join(f"--- {s.name} ---\n{s.log()[-3000:]}" for s in self.services)
 
 
-def _create_admin(env: dict[str, str]) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "radlight", *CREATE_ADMIN],
-        input=PASSWORD + "\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-
-
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     require_tools()
@@ -91,7 +76,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     env |= {"RADLIGHT_API_HOST": "127.0.0.1", "RADLIGHT_API_PORT": str(api_port)}
     radlight(env, "db", "upgrade")
     radlight(env, "models", "build", "tiny")
-    _create_admin(env)
+    create_user(env, "admin", "admin", PASSWORD)
     with contextlib.ExitStack() as stack:
         pacs = {
             "pacs-a": stack.enter_context(run_orthanc(tmp_path / "pacs-a", "PACS_A")),
