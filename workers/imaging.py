@@ -1,23 +1,16 @@
 """From a stored DICOM instance to a windowed 8-bit frontal chest image, or a reason why not.
 
 Decoding covers every transfer syntax pydicom can decode with the pylibjpeg and gdcm plugins.
-
-The patient's age (for models restricted to an age range) comes from PatientAge (AS, ``nnnD``,
-``nnnW``, ``nnnM`` or ``nnnY``), or else from PatientBirthDate and the StudyDate (then SeriesDate,
-AcquisitionDate). A bare number such as ``"58"`` is not valid AS, but real archives hold it (the
-NIH-derived test files do) and it can only mean years, so it is read as years. Ages are compared in
-completed years (18 months is 1 y).
+The patient's age, for models restricted to an age range, is read as the node reads it for routing
+(``dicom_node.patient_age``), so a route and the model's input contract never disagree.
 """
-
-import re
-from dataclasses import dataclass
-from datetime import date
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, apply_windowing
 
+from dicom_node.patient_age import patient_age
 from radlight.errors import NotAnalysableError
 
 CHEST_MODALITIES = frozenset({"CR", "DX"})
@@ -25,55 +18,6 @@ CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "PORT CHEST"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"})
 MIN_SIDE = 64
 MAX_SIDE = 8192
-MAX_AGE_YEARS = 150
-_AGE_STRING = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
-_AGE_UNITS = {"D": ("days", 1 / 365.25), "W": ("weeks", 7 / 365.25), "M": ("months", 1 / 12)}
-
-
-@dataclass(frozen=True)
-class PatientAge:
-    """A patient's age in completed years, and how it was stated (``"58 y"``, ``"18 months"``)."""
-
-    years: int
-    text: str
-
-
-def patient_age(ds: Dataset) -> PatientAge | None:
-    """The patient's age from PatientAge, or PatientBirthDate and the study date; None if unknown."""
-    stated = str(ds.get("PatientAge", "") or "")
-    match = _AGE_STRING.match(stated)
-    if match:
-        number, unit = int(match.group(1)), match.group(2).upper()
-        if unit in _AGE_UNITS:
-            name, per_year = _AGE_UNITS[unit]
-            return PatientAge(int(number * per_year + 1e-9), f"{number} {name}")
-        if number <= MAX_AGE_YEARS:
-            return PatientAge(number, f"{number} y")
-    birth = _dicom_date(ds.get("PatientBirthDate"))
-    seen = next(
-        (
-            d
-            for d in (
-                _dicom_date(ds.get(k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate")
-            )
-            if d is not None
-        ),
-        None,
-    )
-    if birth is None or seen is None or seen < birth:
-        return None
-    years = seen.year - birth.year - ((seen.month, seen.day) < (birth.month, birth.day))
-    return PatientAge(years, f"{years} y") if years <= MAX_AGE_YEARS else None
-
-
-def _dicom_date(value: object) -> date | None:
-    text = str(value or "").strip()
-    if not re.fullmatch(r"\d{8}", text):
-        return None
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
-    except ValueError:
-        return None
 
 
 def check_age_range(

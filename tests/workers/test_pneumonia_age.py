@@ -11,13 +11,14 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from db.models import JobState, Result, ResultKind
+from dicom_node.patient_age import PatientAge, patient_age
 from models.export import BuiltModel
 from radlight.errors import NotAnalysableError
 from tests.pneumonia_build import build_tiny_heatmap_model
 from tests.workers.conftest import copy_with_new_uids, receive
 from tests.workers.test_pipeline import get_job, make_job, sop_uid
 from workers.context import WorkerContext
-from workers.imaging import PatientAge, check_age_range, patient_age
+from workers.imaging import check_age_range
 from workers.pipeline import run_job
 
 # pydicom warns about the non-conformant AS and DA values these tests use on purpose.
