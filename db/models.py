@@ -131,7 +131,7 @@ class Study(Base):
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    completed_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None] = mapped_column(index=True)  # metrics and stats windows
     reason: Mapped[str | None] = mapped_column(Text)
 
     series: Mapped[list["Series"]] = relationship(back_populates="study", cascade="all, delete")
@@ -253,8 +253,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     queued_at: Mapped[datetime | None]
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     route: Mapped[Route] = relationship()
@@ -301,7 +301,7 @@ class Delivery(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-    sent_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
     destination: Mapped[Destination] = relationship()
