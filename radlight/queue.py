@@ -51,12 +51,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.uses_embedded_broker:
         folder = settings.queue_dir
-        for sub in ("messages", "processed"):
+        for sub in ("messages", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),
             "processed_folder": str(folder / "processed"),
+            # kombu keeps its exchange tables here; left unset it writes ./control in the cwd.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     else:

@@ -21,6 +21,7 @@ ORTHANC = "/usr/sbin/Orthanc"
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
 DCIODVFY = "/usr/bin/dciodvfy"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 POSTGRES_ADMIN_URL = os.environ.get(
     "RADLIGHT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -279,3 +280,76 @@ def require_tools() -> None:
     missing = [tool for tool in (ORTHANC, STORESCU, ECHOSCU, DCIODVFY) if not shutil.which(tool)]
     if missing:
         raise AssertionError(f"missing tools {missing}: run .ci/run or `make setup`")
+
+
+@dataclass
+class Redis:
+    """A private redis-server: its own port and folder, so a test may stop and restart it, and
+    tests running side by side never share a broker database."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "redis.log"
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",  # a stop and start keeps the queued messages, as a real deployment does
+                "--logfile",
+                str(log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+        def _up() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {log.read_text(errors='replace')}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(_up, timeout=20, interval=0.05, what="redis-server")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextlib.contextmanager
+def run_redis(workdir: Path) -> Iterator[Redis]:
+    """A private Redis on a free port for one test (stopped afterwards)."""
+    server = Redis(free_port(), workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
