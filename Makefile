@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := dcmtk orthanc dicom3tools chromium
+APT_PACKAGES := dcmtk orthanc dicom3tools chromium redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery
@@ -13,7 +13,7 @@ setup: system-packages venv
 
 system-packages:
 	@missing=""; \
-	for tool in /usr/bin/storescu /usr/sbin/Orthanc /usr/bin/dciodvfy; do \
+	for tool in /usr/bin/storescu /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/bin/redis-server /usr/bin/chromium; do \
 	  [ -x $$tool ] || missing="yes"; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
@@ -40,9 +40,13 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# Two pytest processes, one module each at a time (module fixtures stay shared); every test has its
+# own ports, data folder, database and private redis-server, so tests never see each other.
+PYTEST_WORKERS ?= 2
+
 pytest: venv
 	$(PY) scripts/check_services.py
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30
 
 test: setup lint typecheck pytest
 

@@ -47,6 +47,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """The URL of a private redis-server for this test alone (parallel runs never share one)."""
+    from tests.peers import run_redis
+
+    with run_redis(tmp_path / "redis") as server:
+        yield server.url
+
+
+@pytest.fixture
 def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     from db.session import make_engine, make_session_factory
 

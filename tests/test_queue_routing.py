@@ -14,20 +14,17 @@ from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE, TASK_DELIVER, TA
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
 from tests.brokers import TaskMessage, clean_redis, redis_lists
-from tests.peers import REDIS_URL
-
-BROKER_URL = f"{REDIS_URL}/13"
 
 
 @pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    with clean_redis(BROKER_URL) as client:
+def broker(redis_url: str) -> Iterator[redis.Redis]:
+    with clean_redis(redis_url) as client:
         yield client
 
 
 @pytest.fixture
-def producer(tmp_path: Path, broker: redis.Redis) -> Iterator[TaskProducer]:
-    queue = TaskProducer(Settings(data_dir=tmp_path, broker_url=BROKER_URL))
+def producer(tmp_path: Path, redis_url: str, broker: redis.Redis) -> Iterator[TaskProducer]:
+    queue = TaskProducer(Settings(data_dir=tmp_path, broker_url=redis_url))
     try:
         yield queue
     finally:

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from db.models import Delivery, DeliveryState, Job, JobState
@@ -26,7 +25,6 @@ from db.session import make_engine
 from tests.conftest import REPO_ROOT
 from tests.deploy.compose import RadLightService, radlight_services
 from tests.peers import (
-    REDIS_URL,
     Service,
     echo_ok,
     free_port,
@@ -41,7 +39,6 @@ from tests.peers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS_DB = 7  # this test's own broker database
 MODEL = "tiny-test-classifier"  # built without torch, as in the runtime image
 SECRETS = {
     "POSTGRES_PASSWORD": "unused-here",
@@ -73,12 +70,13 @@ def _healthcheck(env: dict[str, str], command: list[str]) -> str:
 
 
 def test_compose_process_set_runs_a_study_end_to_end(
-    tmp_path: Path, real_dicom_files: list[Path]
+    tmp_path: Path,
+    real_dicom_files: list[Path],
+    redis_url: str,
 ) -> None:
     require_tools()
     services = radlight_services(SECRETS)
-    broker_url = f"{REDIS_URL}/{REDIS_DB}"
-    redis.Redis.from_url(broker_url).flushdb()
+    broker_url = redis_url
     port, api_port = free_port(), free_port()
 
     with (

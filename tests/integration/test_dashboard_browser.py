@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import Engine, select
 
@@ -27,7 +26,6 @@ from db.session import make_engine, make_session_factory, transaction
 from models.export import build_tiny_classifier
 from models.registry import ModelRegistry
 from tests.peers import (
-    REDIS_URL,
     Service,
     create_user,
     echo_ok,
@@ -44,7 +42,6 @@ from tests.peers import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
-BROKER_DB = 8
 ADMIN_PASSWORD = "dashboard browser test password"
 PACS_AE = "ORTHANC"
 MAX_SCREENSHOT_BYTES = 300_000
@@ -83,10 +80,9 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
+def deployment(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
     require_tools()
-    broker_url = f"{REDIS_URL}/{BROKER_DB}"
-    redis.Redis.from_url(broker_url).flushdb()
+    broker_url = redis_url
     data_dir = tmp_path / "data"
     database_url = f"sqlite:///{tmp_path / 'radlight.db'}"
     dicom_port, api_port, pacs_port = free_port(), free_port(), free_port()

@@ -18,14 +18,12 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-import redis
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
 from db.models import AuditEvent, Delivery, DeliveryState, Destination, Job, Result, Study
 from db.session import make_engine
 from tests.peers import (
-    REDIS_URL,
     Orthanc,
     Service,
     create_user,
@@ -42,7 +40,6 @@ from tests.peers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REDIS_DB = 11  # this test's own broker database
 MODEL = "tiny-test-classifier"
 PASSWORD = "a long and private admin passphrase"
 
@@ -64,10 +61,9 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
+def deployment(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
     require_tools()
-    broker_url = f"{REDIS_URL}/{REDIS_DB}"
-    redis.Redis.from_url(broker_url).flushdb()
+    broker_url = redis_url
     dicom_port, api_port = free_port(), free_port()
     database_url = f"sqlite:///{tmp_path / 'radlight.db'}"
     env = node_env(

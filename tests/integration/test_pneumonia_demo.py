@@ -18,7 +18,6 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import pytest
-import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -27,7 +26,6 @@ from db.session import make_engine
 from models.export import BuiltModel
 from models.pneumonia_demo import GOLDEN_PROBABILITIES, NAME, VERSION
 from tests.peers import (
-    REDIS_URL,
     Orthanc,
     Service,
     echo_ok,
@@ -44,7 +42,6 @@ from tests.pneumonia_build import build_demo_once, demo_build_dir, write_pediatr
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PNEUMONIA_CODE = "233604007"
-BROKER_DB = 12  # Redis databases: 2-3 walking skeleton, 12 this, 13 queue routing, 14 assembly
 
 
 @dataclass
@@ -67,10 +64,9 @@ def demo() -> tuple[BuiltModel, Path]:
 
 
 @pytest.fixture
-def node(tmp_path: Path, demo: tuple[BuiltModel, Path]) -> Iterator[Node]:
+def node(tmp_path: Path, demo: tuple[BuiltModel, Path], redis_url: str) -> Iterator[Node]:
     require_tools()
-    broker_url = f"{REDIS_URL}/{BROKER_DB}"
-    redis.Redis.from_url(broker_url).flushdb()
+    broker_url = redis_url
     database_url = f"sqlite:///{tmp_path / 'radlight.db'}"
     port = free_port()
     env = {

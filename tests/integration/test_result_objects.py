@@ -23,7 +23,6 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-import redis
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
@@ -32,7 +31,6 @@ from sqlalchemy import Engine, Row, select
 from db.models import Delivery, DeliveryState, Destination, Job, Result, ResultKind, SCEncoding
 from db.session import make_engine
 from tests.peers import (
-    REDIS_URL,
     Orthanc,
     Service,
     dciodvfy_errors,
@@ -52,7 +50,6 @@ from workers.results.links import MODALITY_PERFORMED_PROCEDURE_STEP
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "tiny-test-classifier"
-REDIS_DB = 15  # other end-to-end tests use 1 to 14
 LOSSLESS, JPEG = "lossless-pacs", "jpeg-pacs"
 # A pixel whose channels spread (max - min) this much is coloured; a grey one spreads by ~0.
 COLOUR_SPREAD = 20
@@ -92,10 +89,9 @@ class Held:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
+def deployment(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
     require_tools()
-    broker_url = f"{REDIS_URL}/{REDIS_DB}"
-    redis.Redis.from_url(broker_url).flushdb()
+    broker_url = redis_url
     port = free_port()
     database_url = f"sqlite:///{tmp_path / 'radlight.db'}"
     env = node_env(

@@ -3,7 +3,6 @@ stores and assembles, a separate Celery worker process on the real Redis runs th
 delivers, and a real Orthanc receives. Run on SQLite and on PostgreSQL.
 """
 
-import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from typing import Any
 
 import pydicom
 import pytest
-import redis
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
@@ -32,7 +30,6 @@ from db.models import (
 from db.session import make_engine
 from dicom_node.status import STATUS_CANNOT_UNDERSTAND
 from tests.peers import (
-    REDIS_URL,
     Orthanc,
     Service,
     dciodvfy_errors,
@@ -51,7 +48,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "chexnet-densenet121-untrained"
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 SR_MODALITY = "SR"
-_redis_db = itertools.count(1)
 
 
 @dataclass
@@ -74,11 +70,9 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
+def deployment(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[Deployment]:
     require_tools()
-    broker_db = next(_redis_db) % 15 + 1
-    broker_url = f"{REDIS_URL}/{broker_db}"
-    redis.Redis.from_url(broker_url).flushdb()
+    broker_url = redis_url
     port = free_port()
     env = {
         **os.environ,

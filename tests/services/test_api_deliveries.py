@@ -22,23 +22,22 @@ from radlight.settings import Settings
 from services.app import create_app
 from services.operations import AWAITING_BROKER
 from tests.brokers import clean_redis, redis_lists
-from tests.peers import REDIS_URL, free_port
+from tests.peers import free_port
 from tests.services.seed import assert_read_by, assert_refused, assert_role_gate, audit_events, seed
 
-BROKER_URL = f"{REDIS_URL}/10"
 DELIVERIES = "/api/v1/deliveries"
 FAILURES = "/api/v1/ingest-failures"
 
 
 @pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    with clean_redis(BROKER_URL) as client:
+def broker(redis_url: str) -> Iterator[redis.Redis]:
+    with clean_redis(redis_url) as client:
         yield client
 
 
 @pytest.fixture
-def app_settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path, database_url=database_url, broker_url=BROKER_URL)
+def app_settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=database_url, broker_url=redis_url)
 
 
 @pytest.fixture

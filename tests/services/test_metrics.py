@@ -42,9 +42,8 @@ from services.app import create_app
 from services.metrics import BUCKETS_S
 from services.security import make_api_key
 from tests.brokers import clean_redis
-from tests.peers import REDIS_URL, free_port
+from tests.peers import free_port
 
-BROKER_URL = f"{REDIS_URL}/9"  # Redis databases: 9 is this module's
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -256,10 +255,12 @@ def test_values_and_histograms_come_from_the_database(
 
 
 @pytest.fixture
-def redis_client(tmp_path: Path, database_url: str) -> Iterator[tuple[TestClient, Settings]]:
-    """An app whose broker is the real Redis (database 9), emptied before and after."""
-    settings = Settings(data_dir=tmp_path, database_url=database_url, broker_url=BROKER_URL)
-    with clean_redis(BROKER_URL), TestClient(create_app(settings)) as test_client:
+def redis_client(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> Iterator[tuple[TestClient, Settings]]:
+    """An app whose broker is a real, private Redis."""
+    settings = Settings(data_dir=tmp_path, database_url=database_url, broker_url=redis_url)
+    with clean_redis(redis_url), TestClient(create_app(settings)) as test_client:
         yield test_client, settings
 
 
