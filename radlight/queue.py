@@ -3,10 +3,12 @@
 Both producers and workers build their Celery app here, so broker settings cannot drift apart.
 """
 
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
+from kombu.transport import filesystem, virtual
 
 from radlight.contracts import (
     QUEUE_DELIVERY,
@@ -18,6 +20,24 @@ from radlight.contracts import (
     ProcessJobPayload,
 )
 from radlight.settings import Settings
+
+
+class FolderTransport(filesystem.Transport):
+    """kombu's filesystem transport with its exchange tables kept per queue folder.
+
+    kombu keeps the exchanges and bindings declared by every filesystem connection in one
+    process-wide state, and writes a binding's table into the control folder only when that state
+    has not seen the binding yet. A second folder queue in the same process (the tests, or any
+    process serving two data folders) was then left without tables, and kombu silently dropped
+    the messages sent to it. One state per control folder keeps each folder complete.
+    """
+
+    _states: ClassVar[dict[str, virtual.BrokerState]] = {}
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        folder = Path(client.transport_options.get("control_folder", "control")).resolve()
+        self.state = self._states.setdefault(str(folder), virtual.BrokerState())
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -53,6 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         folder = settings.queue_dir
         for sub in ("messages", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport"] = f"{__name__}:{FolderTransport.__name__}"
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),
