@@ -23,6 +23,7 @@ from services.api import (
     audit_log,
     deliveries,
     destinations,
+    grounding,
     ingest_failures,
     jobs,
     models,
@@ -101,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
         ae_settings,
         audit_log,
         stats,
+        grounding,
         metrics,
         dashboard,
     ):
