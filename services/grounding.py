@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from db.models import Instance
 from dicom_node.pixels import to_display_uint8
 from models.card import OutputNames
-from models.grounding import GroundedPhrase, Grounder
+from models.grounding import GroundedPhrase, Grounder, grounder_for
 from models.registry import ModelEntry, ModelRegistry
 from radlight.errors import ModelError, NotAnalysableError
 from radlight.settings import Settings
@@ -76,12 +76,17 @@ def decode_upload(data: bytes) -> FloatImage:
             _check_size(*image.size)
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit greyscale PNG (Pillow opens it as I;16 or I): full range is 0..65535.
                 values = np.asarray(image, dtype=np.float32)
-                top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-                return np.clip(values / top, 0.0, 1.0).astype(np.float32)
-            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-            return grey.astype(np.float32)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+                wide: FloatImage = np.clip(values / np.float32(65535), 0, 1).astype(np.float32)
+                return wide
+            grey: FloatImage = np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255)
+            return grey
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"the image claims too many pixels (a decompression bomb?): {exc}"
+        ) from None
+    except UnidentifiedImageError as exc:
         raise InputError(f"the data is not a PNG or JPEG image: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, InputError):
@@ -126,6 +131,12 @@ def stored_display(store_dir: Path, instance: Instance) -> NDArray[np.uint8]:
         raise InputError(str(exc)) from None
 
 
+def to_unit(display: NDArray[np.uint8]) -> FloatImage:
+    """An 8-bit display image as the float image in [0, 1] the grounder reads."""
+    unit: FloatImage = display.astype(np.float32) / np.float32(255)
+    return unit
+
+
 def choose_model(registry: ModelRegistry, wanted: str | None) -> ModelEntry:
     """The classifier grounding uses: ``wanted``'s latest version, else the only one installed."""
     if wanted:
@@ -143,9 +154,7 @@ def choose_model(registry: ModelRegistry, wanted: str | None) -> ModelEntry:
 
 def make_grounder(entry: ModelEntry) -> Grounder:
     """The grounder over ``entry``'s classifier (its ONNX session is cached by models.runtime)."""
-    from models.grounding import CamPriorGrounder, classifier_classify
-
-    return CamPriorGrounder(classify=classifier_classify(entry))
+    return grounder_for(entry)
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,9 @@ class GroundingService:
         phrases = self._grounder(entry).ground(image, text)
         return GroundingRun(entry.name, entry.version, entry.sha256, list(phrases))
 
-    def ground_stored(self, sop_instance_uid: str, display: NDArray[np.uint8], text: str) -> GroundingRun:
+    def ground_stored(
+        self, sop_instance_uid: str, display: NDArray[np.uint8], text: str
+    ) -> GroundingRun:
         """Like :meth:`ground` for a stored instance's display image, cached."""
         entry = self.entry()
         key = (sop_instance_uid, text, entry.name, entry.version)
@@ -201,7 +212,7 @@ class GroundingService:
             if cached is not None and cached.model_sha256 == entry.sha256:
                 self._results.move_to_end(key)
                 return cached
-        run = self.ground(display.astype(np.float32) / 255.0, text)
+        run = self.ground(to_unit(display), text)
         with self._lock:
             self._results[key] = run
             while len(self._results) > self.CACHE_SIZE:

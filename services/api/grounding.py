@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.grounding import GroundedPhrase
 from radlight import NOT_FOR_PRIMARY_DIAGNOSIS
 from radlight.errors import ModelError
 from services import audit
@@ -27,6 +28,7 @@ from services.grounding import (
     heatmap_png,
     stored_display,
     stored_instance,
+    to_unit,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["grounding"])
@@ -152,7 +154,7 @@ def _invalid(field: str, message: str) -> RequestValidationError:
     )
 
 
-def phrase_out(grounded: Any) -> GroundedPhraseOut:
+def phrase_out(grounded: GroundedPhrase) -> GroundedPhraseOut:
     """The wire form of a ``models.grounding.GroundedPhrase``."""
     phrase = grounded.phrase
     box = None
@@ -175,9 +177,7 @@ def phrase_out(grounded: Any) -> GroundedPhraseOut:
         report_region=phrase.report_region,
         matched_by=phrase.matched_by,
         box=box,
-        polygon=[(float(x), float(y)) for x, y in grounded.polygon]
-        if grounded.polygon
-        else None,
+        polygon=[(float(x), float(y)) for x, y in grounded.polygon] if grounded.polygon else None,
         score=None if grounded.score is None else float(grounded.score),
         heatmap_png_base64=heatmap,
         reason=grounded.reason,
@@ -213,7 +213,7 @@ def ground(
             raise HTTPException(status_code=404, detail=str(exc)) from None
         except InputError as exc:
             raise _invalid("sop_instance_uid", str(exc)) from None
-        image = display.astype("float32") / 255.0
+        image = to_unit(display)
         target = {"target_type": "instance", "target_id": body.sop_instance_uid}
     else:
         assert body.image_base64 is not None  # the validator allows exactly one
