@@ -27,6 +27,7 @@ from services.api import (
     ingest_failures,
     jobs,
     models,
+    reports,
     results,
     routes,
     stats,
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (
         auth,
         studies,
+        reports,
         jobs,
         results,
         deliveries,
