@@ -103,7 +103,7 @@ def stored_instance(session: Session, sop_instance_uid: str) -> Instance:
     return instance
 
 
-def _stored_path(store_dir: Path, relative_path: str) -> Path:
+def stored_path(store_dir: Path, relative_path: str) -> Path:
     store = store_dir.resolve()
     path = (store / relative_path).resolve()
     if not path.is_relative_to(store) or not path.is_file():
@@ -114,7 +114,7 @@ def _stored_path(store_dir: Path, relative_path: str) -> Path:
 def stored_display(store_dir: Path, instance: Instance) -> NDArray[np.uint8]:
     """The stored instance as the workers see it: decoded, windowed, 8-bit (InputError when it
     is not a greyscale image)."""
-    path = _stored_path(store_dir, instance.relative_path)
+    path = stored_path(store_dir, instance.relative_path)
     try:
         ds = dcmread(path)
     except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
@@ -175,6 +175,7 @@ class GroundingService:
     """
 
     CACHE_SIZE = 32
+    DISPLAY_CACHE_SIZE = 4
 
     def __init__(self, settings: Settings) -> None:
         self._registry = ModelRegistry(settings.models_dir)
@@ -182,6 +183,24 @@ class GroundingService:
         self._lock = threading.Lock()
         self._grounders: dict[tuple[str, str, str], Grounder] = {}
         self._results: OrderedDict[tuple[str, str, str, str], GroundingRun] = OrderedDict()
+        self._displays: OrderedDict[tuple[str, str], NDArray[np.uint8]] = OrderedDict()
+        self._store_dir = settings.store_dir
+
+    def display(self, instance: Instance) -> NDArray[np.uint8]:
+        """:func:`stored_display` of ``instance``, kept for the few images last shown (the
+        viewer's page, image and overlays read the same one)."""
+        key = (instance.sop_instance_uid, instance.sha256)
+        with self._lock:
+            cached = self._displays.get(key)
+            if cached is not None:
+                self._displays.move_to_end(key)
+                return cached
+        display = stored_display(self._store_dir, instance)
+        with self._lock:
+            self._displays[key] = display
+            while len(self._displays) > self.DISPLAY_CACHE_SIZE:
+                self._displays.popitem(last=False)
+        return display
 
     def entry(self) -> ModelEntry:
         return choose_model(self._registry, self._wanted)

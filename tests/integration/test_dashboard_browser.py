@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine, select
 
 from db.config import upsert_destination, upsert_route
@@ -26,6 +25,8 @@ from db.models import Delivery, DeliveryState, Result
 from db.session import make_engine, make_session_factory, transaction
 from models.export import build_tiny_classifier
 from models.registry import ModelRegistry
+from tests.integration.browsers import api_answers
+from tests.integration.browsers import browser as browser  # a fixture
 from tests.peers import (
     REDIS_URL,
     Service,
@@ -43,7 +44,6 @@ from tests.peers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
 BROKER_DB = 8
 ADMIN_PASSWORD = "dashboard browser test password"
 PACS_AE = "ORTHANC"
@@ -124,29 +124,10 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         )
         try:
             deployment.wait(lambda: echo_ok(dicom_port), "the node's C-ECHO", timeout=30)
-            deployment.wait(lambda: _answers(deployment.api_url), "the API", timeout=30)
+            deployment.wait(lambda: api_answers(deployment.api_url), "the API", timeout=30)
             yield deployment
         finally:
             engine.dispose()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        raise AssertionError(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture

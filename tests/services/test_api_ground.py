@@ -128,6 +128,7 @@ def _bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # nothing backend-specific
 def test_bad_input_gets_a_clear_4xx(
     client: TestClient, viewer: dict[str, str], models: None, tmp_path: Path
 ) -> None:
@@ -176,6 +177,7 @@ def test_bad_input_gets_a_clear_4xx(
     assert "larger than" in too_big.json()["detail"]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_without_a_classifier_the_answer_is_503(client: TestClient, viewer: dict[str, str]) -> None:
     response = client.post(
         URL,
