@@ -6,9 +6,9 @@ below the neck and above the diaphragm. On a 256-pixel working grid:
 
 1. stretch contrast (1st-99th percentile) and smooth;
 2. threshold the dark pixels at Otsu's level of the central part of the image;
-3. drop what touches the image border (air outside the patient) and what is small;
-4. keep, on each half of the image, the largest dark region of a plausible size and place;
-5. fill holes, close and open with a disk, fill holes again;
+4. keep only what lies in an ellipse where a lung lies on a PA view (this cuts the bridges of dark
+   soft tissue and outside air that touch the lungs), open with a small disk;
+5. on each side keep the largest region; close with a disk and fill holes;
 
 then resize back to the image grid (nearest). Where a side gives no plausible region, a fixed
 template shape stands in for it and :attr:`LungFields.fallback` says so. The Dice measured against
@@ -32,6 +32,11 @@ from models.grounding.lexicon import Laterality
 
 BoolArray = npt.NDArray[np.bool_]
 WORK_SIZE = 256
+# Half-width and half-height (fractions of the image) of the ellipse a lung is searched in, and of
+# the stand-in shape when none is found; chosen on every 4th Montgomery image (docs/GROUNDING.md).
+ENVELOPE = (0.20, 0.42)
+TEMPLATE = (0.17, 0.33)
+MIN_LUNG_FRACTION = 0.02
 ZONE_NAMES: tuple[str, ...] = (
     "lung",
     "upper zone",
@@ -208,6 +213,37 @@ def _disk(radius: int) -> BoolArray:
     return result
 
 
+def _content_box(work: npt.NDArray[np.float32]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) without the blank bands some radiographs carry at their edges
+    (rows or columns that are nearly black throughout)."""
+    level = 0.05 * float(work.max())
+    rows = np.flatnonzero(work.mean(axis=1) > level)
+    cols = np.flatnonzero(work.mean(axis=0) > level)
+    size = work.shape[0]
+    if rows.size < size // 4 or cols.size < size // 4:
+        return 0, size, 0, size
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _envelope(
+    size: int, box: tuple[int, int, int, int], half_width: float, half_height: float
+) -> tuple[BoolArray, BoolArray]:
+    """Ellipses (image left, image right) where lungs lie on a PA view, as fractions of the
+    radiograph's content box: centres at x = 0.28 / 0.72, y = 0.48."""
+    top, bottom, left, right = box
+    rows, cols = np.mgrid[0:size, 0:size] + 0.5
+    y = (rows - top) / (bottom - top)
+    x = (cols - left) / (right - left)
+
+    def ellipse(centre_x: float) -> BoolArray:
+        inside: BoolArray = ((x - centre_x) / half_width) ** 2 + (
+            (y - 0.48) / half_height
+        ) ** 2 <= 1.0
+        return inside
+
+    return ellipse(0.28), ellipse(0.72)
+
+
 def _segment_work(
     work: npt.NDArray[np.float32],
 ) -> tuple[BoolArray, BoolArray, tuple[Laterality, ...]]:
@@ -215,59 +251,29 @@ def _segment_work(
     size = work.shape[0]
     low, high = np.percentile(work, (1.0, 99.0))
     stretched = np.clip((work - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
-    smooth = ndimage.gaussian_filter(stretched, sigma=1.5)
-    centre = smooth[size // 8 : 7 * size // 8, size // 8 : 7 * size // 8]
+    smooth = np.asarray(ndimage.gaussian_filter(stretched, sigma=1.5), dtype=np.float32)
+    box = _content_box(work)
+    top, bottom, left, right = box
+    height, width = bottom - top, right - left
+    centre = smooth[
+        top + height // 8 : bottom - height // 8, left + width // 8 : right - width // 8
+    ]
     dark = smooth < _otsu(centre)
-    dark = ndimage.binary_opening(dark, structure=_disk(2))
-    labels, count = ndimage.label(dark)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    candidates: list[tuple[int, float, float]] = []
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
-    rows_index, cols_index = np.indices(labels.shape)
-    row_sums = ndimage.sum_labels(rows_index, labels, index=np.arange(1, count + 1))
-    col_sums = ndimage.sum_labels(cols_index, labels, index=np.arange(1, count + 1))
-    for label in range(1, count + 1):
-        area = float(sizes[label - 1])
-        row_c = float(row_sums[label - 1]) / area
-        col_c = float(col_sums[label - 1]) / area
-        if label in border or area < 0.01 * size * size:
-            continue
-        if not (0.15 * size < row_c < 0.8 * size):
-            continue
-        candidates.append((label, area, col_c))
-    sides: dict[str, BoolArray] = {}
+    masks: dict[str, BoolArray] = {}
     fallback: list[Laterality] = []
-    template_right, template_left = _template(size)
-    sides_wanted: tuple[tuple[Laterality, BoolArray, bool], ...] = (
-        ("right", template_right, True),
-        ("left", template_left, False),
-    )
-    for side, template, image_left in sides_wanted:
-        options = [
-            (area, label) for label, area, col in candidates if (col < 0.5 * size) == image_left
-        ]
-        if options:
-            mask = labels == max(options)[1]
-            mask = ndimage.binary_fill_holes(mask)
-            mask = ndimage.binary_closing(mask, structure=_disk(6), border_value=0)
-            mask = ndimage.binary_opening(mask, structure=_disk(3))
-            mask = ndimage.binary_fill_holes(mask)
-            sides[side] = mask.astype(np.bool_)
-        else:
-            sides[side] = template
+    envelopes = _envelope(size, box, ENVELOPE[0], ENVELOPE[1])
+    templates = _envelope(size, box, TEMPLATE[0], TEMPLATE[1])
+    sides: tuple[Laterality, Laterality] = ("right", "left")
+    for side, envelope, template in zip(sides, envelopes, templates, strict=True):
+        candidate = ndimage.binary_opening(dark & envelope, structure=_disk(3))
+        labels, count = ndimage.label(candidate)
+        if count:
+            sizes = ndimage.sum_labels(candidate, labels, index=np.arange(1, count + 1))
+            largest = int(np.argmax(sizes))
+        if not count or sizes[largest] < MIN_LUNG_FRACTION * height * width:
+            masks[side] = template
             fallback.append(side)
-    return sides["right"], sides["left"], tuple(fallback)
-
-
-def _template(size: int) -> tuple[BoolArray, BoolArray]:
-    """Two half-ellipses at the average place of the lungs on a PA view, for when the image
-    shows no plausible lung on a side."""
-    rows, cols = np.mgrid[0:size, 0:size] + 0.5
-    y = rows / size
-    x = cols / size
-
-    def lung(centre_x: float) -> BoolArray:
-        inside: BoolArray = ((x - centre_x) / 0.17) ** 2 + ((y - 0.5) / 0.33) ** 2 <= 1.0
-        return inside
-
-    return lung(0.3), lung(0.7)
+            continue
+        mask = ndimage.binary_closing(labels == largest + 1, structure=_disk(10), border_value=0)
+        masks[side] = np.asarray(ndimage.binary_fill_holes(mask), dtype=np.bool_)
+    return masks["right"], masks["left"], tuple(fallback)
