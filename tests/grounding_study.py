@@ -2,6 +2,7 @@
 on its pixels) and the radiologist's report as a Basic Text SR, both real DICOM."""
 
 import copy
+import functools
 import importlib.util
 import sys
 from datetime import datetime
@@ -37,14 +38,21 @@ def load_gallery() -> ModuleType:
     return module
 
 
+@functools.cache
+def _phantom(size: int) -> Dataset:
+    """The gallery's phantom dataset with its pixels drawn at ``size`` x ``size`` (drawn once)."""
+    gallery = load_gallery()
+    pixels = np.asarray(gallery.phantom_pixels(size, size), dtype=np.uint16)
+    # Else phantom_dataset() draws 1024 x 1024 again.
+    gallery.phantom_pixels = lambda: pixels  # type: ignore[attr-defined]
+    ds: Dataset = gallery.phantom_dataset()
+    ds.ImagerPixelSpacing = [0.4 * 1024 / size] * 2
+    return ds
+
+
 def phantom_image(name: str, *, size: int = 512) -> Dataset:
     """The gallery's 12-bit DX phantom at ``size`` x ``size``, as its own study named ``name``."""
-    gallery = load_gallery()
-    ds: Dataset = gallery.phantom_dataset()
-    pixels = np.asarray(gallery.phantom_pixels(size, size), dtype=np.uint16)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelData = pixels.tobytes()
-    ds.ImagerPixelSpacing = [0.4 * 1024 / size] * 2
+    ds = copy.deepcopy(_phantom(size))
     ds.StudyInstanceUID = deterministic_uid("grounding-test", name, "study")
     ds.SeriesInstanceUID = deterministic_uid("grounding-test", name, "series")
     ds.SOPInstanceUID = deterministic_uid("grounding-test", name, "image")
