@@ -237,7 +237,8 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
                 return _finish(ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry)
         else:
             state = JobState.NOT_ANALYSED
-            reason = f"not analysed: {skipped_note or 'no input instances'}"
+            nothing = "no image to ground the report on" if read.reports else "no input instances"
+            reason = f"not analysed: {skipped_note or nothing}"
             built = not_analysed(
                 inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
             )
