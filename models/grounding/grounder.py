@@ -7,10 +7,11 @@
 - the anatomical prior is the union of the phrase's location zones on its side (both sides when
   none is said); with no location, the finding's natural region (Cardiomegaly: the heart; Hernia:
   the retrocardiac region; Effusion: the lung bases) or else the lungs on that side; slightly
-  blurred so the region's edge follows the CAM rather than the mask;
-- the heatmap is the CAM of the phrase's findings (the maximum of their normalised maps) times
-  the prior, renormalised to [0, 1]; a phrase with a location but no finding (or a finding the
-  classifier does not report) grounds to the prior alone;
+  blurred so the region's edge follows the CAM rather than the mask, and highest at its deepest
+  point (so the prior alone points at the middle of the place);
+- the heatmap is the CAM of the phrase's findings (the maximum of their normalised maps, floored
+  at ``CAM_FLOOR``) times the prior, renormalised to [0, 1]; a phrase with a location but no
+  finding (or a finding the classifier does not report) grounds to the prior alone;
 - box and polygon outline the largest connected region at half the heatmap's maximum; the
   polygon is that region's convex hull.
 
@@ -34,6 +35,9 @@ FloatArray = npt.NDArray[np.float32]
 ClassifyResult = tuple[dict[str, float], dict[str, FloatArray]]
 Classify = Callable[[npt.NDArray[np.floating]], ClassifyResult]
 REGION_LEVEL = 0.5
+# The place keeps this much weight where the CAM is zero, so a CAM that points elsewhere leaves
+# the place itself lit rather than the edge of the place nearest the CAM's peak.
+CAM_FLOOR = 0.1
 # Where a finding lies when the phrase does not say (zone names of LungFields.zone).
 NATURAL_ZONES: Mapping[str, tuple[str, ...]] = {
     "Cardiomegaly": ("heart",),
@@ -104,9 +108,7 @@ class CamPriorGrounder:
             return _ungrounded(phrase, "location not found on this image", score)
         soft = _soften(prior, self.prior_blur)
         maps = [normalise_map(cams[f]) for f in phrase.findings if f in cams]
-        heat = soft if not maps else np.maximum.reduce(maps) * soft
-        if float(heat.max()) <= 0.0:  # the CAM is zero throughout the place: show the place
-            heat = soft
+        heat = soft if not maps else (CAM_FLOOR + (1 - CAM_FLOOR) * np.maximum.reduce(maps)) * soft
         heatmap = normalise_map(heat)
         box, polygon = outline(heatmap)
         return GroundedPhrase(phrase, heatmap, box, polygon, score, None)
@@ -142,7 +144,11 @@ def _soften(mask: npt.NDArray[np.bool_], blur: float) -> FloatArray:
     if sigma <= 0:
         return mask.astype(np.float32)
     soft = np.asarray(ndimage.gaussian_filter(mask.astype(np.float32), sigma=sigma))
-    result: FloatArray = np.maximum(soft, mask.astype(np.float32) * 0.5).astype(np.float32)
+    depth = np.asarray(ndimage.distance_transform_edt(mask), dtype=np.float32)
+    depth /= max(float(depth.max()), 1.0)
+    # The deepest point of the place is its peak, so the prior alone points at its middle.
+    soft = np.maximum(soft, mask * np.float32(0.5)) * (0.8 + 0.2 * depth)
+    result: FloatArray = np.where(soft >= 1e-3, soft, 0.0).astype(np.float32)
     return result
 
 

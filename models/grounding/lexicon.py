@@ -197,7 +197,7 @@ PSEUDO_TRIGGERS = re.compile(
 UNCERTAIN_PRE = re.compile(
     r"\b(?:cannot (?:be )?exclude[d]?|can ?not (?:be )?(?:excluded|ruled out)|cannot rule out|"
     r"may (?:represent|reflect|be|indicate)|might (?:represent|be)|could (?:represent|be|reflect)|"
-    r"possible|possibly|probable|probably|likely|suggestive of|suggests?|suspicious for|"
+    r"possible|possibly|probable|probably|likely|suggestive of|suggest(?:s|ing)?|suspicious for|"
     r"suspected|suspect|concerning for|questionable|equivocal|differential (?:diagnosis )?includes|"
     r"versus|vs|presumed|query|borderline|worrisome for|raises the possibility of)\b"
 )

@@ -37,6 +37,7 @@ WORK_SIZE = 256
 ENVELOPE = (0.20, 0.42)
 TEMPLATE = (0.17, 0.33)
 MIN_LUNG_FRACTION = 0.02
+MIN_CONTRAST = 0.02
 ZONE_NAMES: tuple[str, ...] = (
     "lung",
     "upper zone",
@@ -250,6 +251,9 @@ def _segment_work(
     """Right and left lung on the working grid (patient's right = image left)."""
     size = work.shape[0]
     low, high = np.percentile(work, (1.0, 99.0))
+    if high - low < MIN_CONTRAST:  # a blank or flat image shows no lungs
+        blank = _envelope(size, (0, size, 0, size), TEMPLATE[0], TEMPLATE[1])
+        return blank[0], blank[1], ("right", "left")
     stretched = np.clip((work - low) / max(float(high - low), 1e-6), 0.0, 1.0).astype(np.float32)
     smooth = np.asarray(ndimage.gaussian_filter(stretched, sigma=1.5), dtype=np.float32)
     box = _content_box(work)
