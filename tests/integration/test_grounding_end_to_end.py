@@ -260,6 +260,14 @@ def test_a_study_with_its_report_comes_back_grounded_in_the_pacs(
     deployment.wait(posted_arrived, "the posted report's grounded SR to reach the PACS")
     assert sorted(r.kind for r in posted) == [ResultKind.GROUNDED_SC, ResultKind.GROUNDED_SR]
     assert {r.sop_instance_uid for r in posted} <= set(_held(deployment.orthanc))
+    sc = next(r for r in posted if r.kind is ResultKind.GROUNDED_SC)
+    preview = httpx.get(
+        f"{deployment.api_url}/api/v1/results/{sc.id}/preview.png",
+        headers={"Authorization": f"Bearer {deployment.token()}"},
+        timeout=30,
+    )
+    assert preview.status_code == 200
+    assert Image.open(BytesIO(preview.content)).format == "PNG"
 
 
 # -- the viewer in a browser ------------------------------------------------------------------
