@@ -10,13 +10,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.grounding import GroundedPhrase
 from radlight import NOT_FOR_PRIMARY_DIAGNOSIS
 from radlight.errors import ModelError
 from services import audit
-from services.api.schemas import ErrorOut, responses
+from services.api.schemas import ErrorOut, ReportText, responses
 from services.auth import ViewerDep
 from services.deps import UID_PATTERN, SessionDep, SettingsDep
 from services.grounding import (
@@ -33,7 +33,6 @@ from services.grounding import (
 
 router = APIRouter(prefix="/api/v1", tags=["grounding"])
 
-MAX_TEXT_CHARS = 20_000
 MAX_BODY_BYTES = 24 * 1024**2  # the largest image (16 MiB) as base64, plus the text
 MAX_BASE64_CHARS = MAX_BODY_BYTES
 
@@ -62,12 +61,7 @@ class GroundIn(BaseModel):
     """Report text and exactly one image: ``image_base64`` or ``sop_instance_uid``."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(
-        min_length=1,
-        max_length=MAX_TEXT_CHARS,
-        description="The report (or one sentence of it).",
-        examples=["Small left pleural effusion. No pneumothorax."],
-    )
+    text: ReportText
     image_base64: str | None = Field(
         default=None,
         max_length=MAX_BASE64_CHARS,
@@ -80,15 +74,6 @@ class GroundIn(BaseModel):
         description="A stored instance to ground on, decoded and windowed as the workers do.",
         examples=["1.2.826.0.1.3680043.8.498.1"],
     )
-
-    @field_validator("text")
-    @classmethod
-    def _has_words(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the text is empty (only whitespace)")
-        if "\x00" in value:
-            raise ValueError("the text contains a NUL character")
-        return value
 
     @model_validator(mode="after")
     def _one_image(self) -> "GroundIn":

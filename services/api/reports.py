@@ -8,10 +8,10 @@ to the route's destinations, like any other result. Posting the same text again 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from services import operations
-from services.api.schemas import JobOut, http_error, responses
+from services.api.schemas import JobOut, ReportText, http_error, responses
 from services.auth import OperatorDep
 from services.deps import UID_PATTERN, ProducerDep, SessionDep
 
@@ -19,25 +19,10 @@ router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 StudyUID = Annotated[
     str, Path(max_length=64, pattern=UID_PATTERN, examples=["1.2.826.0.1.3680043.8.498.1"])
 ]
-MAX_REPORT_CHARS = 20_000
 
 
 class ReportIn(BaseModel):
-    text: str = Field(
-        min_length=1,
-        max_length=MAX_REPORT_CHARS,
-        description="The radiologist's report, as plain text.",
-        examples=["Small left pleural effusion. No pneumothorax."],
-    )
-
-    @field_validator("text")
-    @classmethod
-    def _has_words(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the report is empty (only whitespace)")
-        if "\x00" in value:
-            raise ValueError("the report contains a NUL character")
-        return value
+    text: ReportText
 
 
 class ReportJobOut(BaseModel):
