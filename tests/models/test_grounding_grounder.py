@@ -170,8 +170,29 @@ def test_the_registry_model_through_the_adapter(
         ([[0.0] * 16] * 16, TypeError),
         (np.zeros((16,), dtype=np.float32), ValueError),
         (np.zeros((2, 16, 16), dtype=np.float32), ValueError),
+        (np.full((16, 16), 2.0, dtype=np.float32), ValueError),
+        (np.zeros((16, 16), dtype=np.int16), ValueError),
     ],
 )
 def test_bad_images_are_refused(bad: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         CamPriorGrounder(SpotClassifier(0, 0)).ground(bad, "Effusion.")  # type: ignore[arg-type]
+
+
+def test_a_large_uint8_image_is_grounded_on_its_own_grid(
+    image: npt.NDArray[np.float32], fields: LungFields
+) -> None:
+    large = np.asarray(
+        Image.fromarray((image * 255).astype(np.uint8)).resize((1300, 1100)), dtype=np.uint8
+    )  # 1100 rows, 1300 columns: grounded at 512 wide, returned at full size
+    spot = SpotClassifier(0, 0)
+    grounded = _only(CamPriorGrounder(spot).ground(large, "There is cardiomegaly."))
+    assert grounded.heatmap is not None
+    assert grounded.heatmap.shape == (1100, 1300)
+    assert float(grounded.heatmap.max()) == pytest.approx(1.0)
+    assert grounded.box is not None
+    x, y, w, h = grounded.box
+    heart = fields.zone("heart", None)  # on the 256 grid: scale its centre to the large image
+    rows, cols = np.nonzero(heart)
+    assert x <= cols.mean() * 1300 / SIZE <= x + w
+    assert y <= rows.mean() * 1100 / SIZE <= y + h
