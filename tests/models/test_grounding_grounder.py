@@ -16,6 +16,7 @@ from models.grounding import (
     LungFields,
     classifier_callable,
     grounder_for,
+    parse_report,
     segment_lung_fields,
 )
 from models.grounding.evaluation import read_image
@@ -196,3 +197,12 @@ def test_a_large_uint8_image_is_grounded_on_its_own_grid(
     rows, cols = np.nonzero(heart)
     assert x <= cols.mean() * 1300 / SIZE <= x + w
     assert y <= rows.mean() * 1100 / SIZE <= y + h
+
+
+def test_a_place_missing_from_the_image_is_said(fields: LungFields) -> None:
+    one_lung = LungFields(right=fields.right, left=np.zeros_like(fields.left))
+    phrase = parse_report("There is cardiomegaly. Left basal atelectasis.")
+    grounder = CamPriorGrounder(SpotClassifier(0, 0))
+    heart, left = (grounder.ground_phrase(p, one_lung, {}, {}) for p in phrase)
+    assert (heart.heatmap, heart.reason) == (None, "location not found on this image")
+    assert (left.heatmap, left.reason) == (None, "location not found on this image")
