@@ -1,5 +1,6 @@
 """Phrase parsing against report sentences written for these tests (grounding_sentences.yaml)."""
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,51 @@ def test_sentences_skip_headers_numbers_and_blank_lines() -> None:
 def test_rejects_non_text() -> None:
     with pytest.raises(TypeError, match="must be str"):
         parse_report(b"No effusion.")  # type: ignore[arg-type]
+
+
+def test_any_text_gives_phrases_whose_offsets_hold() -> None:
+    """Seeded random word salad (headers, decimals, punctuation, non-ASCII): never an error, and
+    every phrase is a trimmed, non-empty slice of the text at its offsets."""
+    words = [
+        "no",
+        "effusion",
+        ",",
+        ";",
+        ".",
+        "right",
+        "left",
+        "upper",
+        "zone",
+        "opacity",
+        "cardiomegaly",
+        "heart",
+        "is",
+        "enlarged",
+        "cannot",
+        "exclude",
+        "vs.",
+        "1.5",
+        "cm",
+        ":",
+        "IMPRESSION:",
+        "\n",
+        "and",
+        "with",
+        "but",
+        "pneumothorax",
+        "?",
+        "!",
+        "résumé",
+        "肺",
+        "--",
+        "(",
+        ")",
+        "base",
+    ]
+    rng = random.Random(7)
+    for _ in range(300):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
+        for phrase in parse_report(text):
+            assert phrase.text
+            assert phrase.text == phrase.text.strip()
+            assert text[phrase.start : phrase.end] == phrase.text
