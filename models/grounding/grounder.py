@@ -35,6 +35,9 @@ from models.grounding.phrases import Phrase, parse_report
 FloatArray = npt.NDArray[np.float32]
 ClassifyResult = tuple[dict[str, float], dict[str, FloatArray]]
 Classify = Callable[[npt.NDArray[np.floating]], ClassifyResult]
+# The grounding algorithm's own name and version, for results to name beside the classifier's.
+GROUNDER_NAME = "radlight-cam-prior-grounder"
+GROUNDER_VERSION = "0.1.0"
 REGION_LEVEL = 0.5
 # Images larger than this (long side, pixels) are grounded on a grid this size, then scaled back.
 WORK_SIZE = 512
@@ -78,8 +81,10 @@ class CamPriorGrounder:
         parse: Callable[[str], list[Phrase]] = parse_report,
         prior_blur: float = 0.02,
         work_size: int = WORK_SIZE,
+        model: str | None = None,
     ) -> None:
         self.classify = classify
+        self.model = model  # "name version" of the classifier behind ``classify``, if known
         self.segment = segment
         self.parse = parse
         self.prior_blur = prior_blur

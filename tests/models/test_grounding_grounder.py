@@ -156,7 +156,9 @@ def test_the_registry_model_through_the_adapter(
     probabilities, cams = classifier_callable(entry)(image)
     assert set(probabilities) == set(CHEST_XRAY14_LABELS)
     assert all(cam.shape == image.shape for cam in cams.values())
-    results = grounder_for(entry).ground(image, "Right lower zone nodule. No effusion.")
+    grounder = grounder_for(entry)
+    assert grounder.model == f"{entry.name} {entry.version}"
+    results = grounder.ground(image, "Right lower zone nodule. No effusion.")
     nodule, effusion = results
     assert nodule.score == pytest.approx(probabilities["Nodule"])
     assert nodule.heatmap is not None
