@@ -84,6 +84,18 @@ def test_every_sentence_gives_a_phrase_even_without_findings() -> None:
     assert phrases[2].groundable
 
 
+def test_a_short_answer_or_a_year_ends_its_sentence() -> None:
+    phrases = parse_report("Pneumothorax? No. Effusion present. Nodule stable since 2019. No mass.")
+    assert [(p.text, p.negated) for p in phrases] == [
+        ("Pneumothorax?", False),
+        ("No", True),
+        ("Effusion present", False),
+        ("Nodule stable since 2019", False),
+        ("No mass", True),
+    ]
+    assert phrases[0].uncertain  # a question mark after a finding
+
+
 def test_sentences_skip_headers_numbers_and_blank_lines() -> None:
     text = "IMPRESSION:\n\n 1. No acute disease.\n2) Stable."
     assert [text[a:b] for a, b in split_sentences(text)] == ["No acute disease", "Stable"]
