@@ -11,6 +11,8 @@ numpy in, numpy out. One job per module:
 
 from models.grounding.adapter import classifier_callable, grounder_for
 from models.grounding.grounder import (
+    GROUNDER_NAME,
+    GROUNDER_VERSION,
     CamPriorGrounder,
     Classify,
     ClassifyResult,
@@ -22,6 +24,8 @@ from models.grounding.lungs import ZONE_NAMES, LungFields, segment_lung_fields
 from models.grounding.phrases import Phrase, parse_report
 
 __all__ = [
+    "GROUNDER_NAME",
+    "GROUNDER_VERSION",
     "ZONE_NAMES",
     "CamPriorGrounder",
     "Classify",

@@ -39,4 +39,4 @@ def classifier_callable(entry: ModelEntry) -> Classify:
 
 def grounder_for(entry: ModelEntry) -> CamPriorGrounder:
     """The default grounder over an installed model."""
-    return CamPriorGrounder(classifier_callable(entry))
+    return CamPriorGrounder(classifier_callable(entry), model=f"{entry.name} {entry.version}")

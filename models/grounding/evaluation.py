@@ -15,7 +15,8 @@ Each phrase is grounded by every method asked for, on the image resized to ``wor
 prior, :class:`CamPriorGrounder`), ``cam`` (the CAM alone), ``prior`` (the anatomical prior alone:
 no classifier at all) and ``centre`` (a Gaussian at the image centre, a floor any method must
 beat). Scores (:mod:`models.localisation`): pointing game over all cases; IoU and Dice with the
-threshold tuned on one half of the patients and reported on the other.
+threshold tuned on one half of the patients and reported on the other. A phrase the method cannot
+ground on an image gets an all-zero heatmap: a miss, IoU 0.
 
 **Lung fields** (:func:`evaluate_lung_fields`): Dice of :func:`segment_lung_fields` per side
 against the Montgomery right/left masks.
@@ -238,8 +239,8 @@ def _method_heatmap(
     else:
         assert cam_grounder is not None
         grounded = cam_grounder.ground_phrase(phrase, fields, probabilities, cams)
-    if grounded.heatmap is None:
-        raise ValueError(f"phrase {phrase.text!r} was not grounded: {grounded.reason}")
+    if grounded.heatmap is None:  # e.g. no heart found between the lungs: scored as a miss
+        return np.zeros(fields.shape, dtype=np.float32)
     return grounded.heatmap
 
 

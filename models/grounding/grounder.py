@@ -20,11 +20,12 @@ image-text model (BioViL-style patch/text similarity) replace this one later.
 """
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 from scipy import ndimage
 
 from models.cam import normalise_map
@@ -34,7 +35,12 @@ from models.grounding.phrases import Phrase, parse_report
 FloatArray = npt.NDArray[np.float32]
 ClassifyResult = tuple[dict[str, float], dict[str, FloatArray]]
 Classify = Callable[[npt.NDArray[np.floating]], ClassifyResult]
+# The grounding algorithm's own name and version, for results to name beside the classifier's.
+GROUNDER_NAME = "radlight-cam-prior-grounder"
+GROUNDER_VERSION = "0.1.0"
 REGION_LEVEL = 0.5
+# Images larger than this (long side, pixels) are grounded on a grid this size, then scaled back.
+WORK_SIZE = 512
 # The place keeps this much weight where the CAM is zero, so a CAM that points elsewhere leaves
 # the place itself lit rather than the edge of the place nearest the CAM's peak.
 CAM_FLOOR = 0.1
@@ -74,21 +80,44 @@ class CamPriorGrounder:
         segment: Callable[[npt.NDArray[np.floating]], LungFields] = segment_lung_fields,
         parse: Callable[[str], list[Phrase]] = parse_report,
         prior_blur: float = 0.02,
+        work_size: int = WORK_SIZE,
+        model: str | None = None,
     ) -> None:
         self.classify = classify
+        self.model = model  # "name version" of the classifier behind ``classify``, if known
         self.segment = segment
         self.parse = parse
         self.prior_blur = prior_blur
+        self.work_size = work_size
 
-    def ground(self, image: npt.NDArray[np.floating], text: str) -> list[GroundedPhrase]:
-        """Every phrase of ``text`` with its region on ``image`` (2-D, display values in [0, 1])."""
+    def ground(
+        self, image: npt.NDArray[np.floating] | npt.NDArray[np.uint8], text: str
+    ) -> list[GroundedPhrase]:
+        """Every phrase of ``text`` with its region on ``image`` (2-D, display values in [0, 1],
+        or uint8); regions are on the image's own grid whatever its size."""
         image = _check_image(image)
         phrases = self.parse(text)
         if not any(p.groundable and not p.negated for p in phrases):
             return [_ungrounded(p, None) for p in phrases]
         probabilities, cams = self.classify(image)
-        fields = self.segment(image)
-        return [self.ground_phrase(p, fields, probabilities, cams) for p in phrases]
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        grid = _work_shape(shape, self.work_size)
+        if grid == shape:
+            fields = self.segment(image)
+            return [self.ground_phrase(p, fields, probabilities, cams) for p in phrases]
+        # A large image is grounded on a smaller grid, and each heatmap brought back to it.
+        wanted = {f for p in phrases for f in p.findings}
+        small_cams = {name: _resize(cam, grid) for name, cam in cams.items() if name in wanted}
+        fields = self.segment(_resize(image.astype(np.float32), grid).clip(0.0, 1.0))
+        results = []
+        for phrase in phrases:
+            grounded = self.ground_phrase(phrase, fields, probabilities, small_cams)
+            if grounded.heatmap is not None:
+                heatmap = normalise_map(_resize(grounded.heatmap, shape).clip(0.0, 1.0))
+                box, polygon = outline(heatmap)
+                grounded = replace(grounded, heatmap=heatmap, box=box, polygon=polygon)
+            results.append(grounded)
+        return results
 
     def ground_phrase(
         self,
@@ -125,12 +154,36 @@ class CamPriorGrounder:
         return mask
 
 
-def _check_image(image: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+def _check_image(image: npt.NDArray[np.generic]) -> npt.NDArray[np.floating]:
+    """A 2-D display image as floats in [0, 1] (uint8 is scaled by 1/255)."""
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a numpy array, got {type(image).__name__}")
     if image.ndim != 2 or min(image.shape) < 8:
         raise ValueError(f"expected a 2-D image of at least 8x8 pixels, got shape {image.shape}")
-    return image
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255.0)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"expected uint8 or floating-point pixels, got {image.dtype}")
+    values: npt.NDArray[np.floating] = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0:
+        raise ValueError("a floating-point display image must be finite and within [0, 1]")
+    return values
+
+
+def _work_shape(shape: tuple[int, int], work_size: int) -> tuple[int, int]:
+    """``shape`` scaled down so its long side is at most ``work_size`` (unchanged if smaller)."""
+    scale = work_size / max(shape)
+    if scale >= 1.0:
+        return shape
+    return max(8, round(shape[0] * scale)), max(8, round(shape[1] * scale))
+
+
+def _resize(values: npt.NDArray[np.floating], shape: tuple[int, int]) -> FloatArray:
+    """Bilinear resize of a float map to ``shape`` (rows, cols)."""
+    resized = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize(
+        (shape[1], shape[0]), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float32)
 
 
 def _ungrounded(phrase: Phrase, reason: str | None, score: float | None = None) -> GroundedPhrase:

@@ -49,9 +49,8 @@ _HEADER = re.compile(
     re.IGNORECASE,
 )
 _LIST_NUMBER = re.compile(r"^\s*\(?\d{1,2}[.)]\s+")
-_NO_BREAK_BEFORE_DOT = re.compile(
-    r"(?:\bvs|\be\.g|\bi\.e|\bapprox|\bdr|\bno|\bfig|\d)$", re.IGNORECASE
-)
+# Abbreviations whose dot ends no sentence (a decimal's dot is never followed by a space).
+_NO_BREAK_BEFORE_DOT = re.compile(r"(?:\bvs|\be\.g|\bi\.e|\bapprox|\bfig)$", re.IGNORECASE)
 _CUT = re.compile(
     r"\s*;\s*|\s*,\s*(?:(?:and|but|with|while|whereas)\s+)?|\s+(?:and|but|with|whereas|while)\s+"
 )

@@ -16,6 +16,7 @@ from models.grounding import (
     LungFields,
     classifier_callable,
     grounder_for,
+    parse_report,
     segment_lung_fields,
 )
 from models.grounding.evaluation import read_image
@@ -155,7 +156,9 @@ def test_the_registry_model_through_the_adapter(
     probabilities, cams = classifier_callable(entry)(image)
     assert set(probabilities) == set(CHEST_XRAY14_LABELS)
     assert all(cam.shape == image.shape for cam in cams.values())
-    results = grounder_for(entry).ground(image, "Right lower zone nodule. No effusion.")
+    grounder = grounder_for(entry)
+    assert grounder.model == f"{entry.name} {entry.version}"
+    results = grounder.ground(image, "Right lower zone nodule. No effusion.")
     nodule, effusion = results
     assert nodule.score == pytest.approx(probabilities["Nodule"])
     assert nodule.heatmap is not None
@@ -170,8 +173,38 @@ def test_the_registry_model_through_the_adapter(
         ([[0.0] * 16] * 16, TypeError),
         (np.zeros((16,), dtype=np.float32), ValueError),
         (np.zeros((2, 16, 16), dtype=np.float32), ValueError),
+        (np.full((16, 16), 2.0, dtype=np.float32), ValueError),
+        (np.zeros((16, 16), dtype=np.int16), ValueError),
     ],
 )
 def test_bad_images_are_refused(bad: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         CamPriorGrounder(SpotClassifier(0, 0)).ground(bad, "Effusion.")  # type: ignore[arg-type]
+
+
+def test_a_large_uint8_image_is_grounded_on_its_own_grid(
+    image: npt.NDArray[np.float32], fields: LungFields
+) -> None:
+    large = np.asarray(
+        Image.fromarray((image * 255).astype(np.uint8)).resize((1300, 1100)), dtype=np.uint8
+    )  # 1100 rows, 1300 columns: grounded at 512 wide, returned at full size
+    spot = SpotClassifier(0, 0)
+    grounded = _only(CamPriorGrounder(spot).ground(large, "There is cardiomegaly."))
+    assert grounded.heatmap is not None
+    assert grounded.heatmap.shape == (1100, 1300)
+    assert float(grounded.heatmap.max()) == pytest.approx(1.0)
+    assert grounded.box is not None
+    x, y, w, h = grounded.box
+    heart = fields.zone("heart", None)  # on the 256 grid: scale its centre to the large image
+    rows, cols = np.nonzero(heart)
+    assert x <= cols.mean() * 1300 / SIZE <= x + w
+    assert y <= rows.mean() * 1100 / SIZE <= y + h
+
+
+def test_a_place_missing_from_the_image_is_said(fields: LungFields) -> None:
+    one_lung = LungFields(right=fields.right, left=np.zeros_like(fields.left))
+    phrase = parse_report("There is cardiomegaly. Left basal atelectasis.")
+    grounder = CamPriorGrounder(SpotClassifier(0, 0))
+    heart, left = (grounder.ground_phrase(p, one_lung, {}, {}) for p in phrase)
+    assert (heart.heatmap, heart.reason) == (None, "location not found on this image")
+    assert (left.heatmap, left.reason) == (None, "location not found on this image")

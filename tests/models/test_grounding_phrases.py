@@ -1,5 +1,6 @@
 """Phrase parsing against report sentences written for these tests (grounding_sentences.yaml)."""
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,18 @@ def test_every_sentence_gives_a_phrase_even_without_findings() -> None:
     assert phrases[2].groundable
 
 
+def test_a_short_answer_or_a_year_ends_its_sentence() -> None:
+    phrases = parse_report("Pneumothorax? No. Effusion present. Nodule stable since 2019. No mass.")
+    assert [(p.text, p.negated) for p in phrases] == [
+        ("Pneumothorax?", False),
+        ("No", True),
+        ("Effusion present", False),
+        ("Nodule stable since 2019", False),
+        ("No mass", True),
+    ]
+    assert phrases[0].uncertain  # a question mark after a finding
+
+
 def test_sentences_skip_headers_numbers_and_blank_lines() -> None:
     text = "IMPRESSION:\n\n 1. No acute disease.\n2) Stable."
     assert [text[a:b] for a, b in split_sentences(text)] == ["No acute disease", "Stable"]
@@ -93,3 +106,51 @@ def test_sentences_skip_headers_numbers_and_blank_lines() -> None:
 def test_rejects_non_text() -> None:
     with pytest.raises(TypeError, match="must be str"):
         parse_report(b"No effusion.")  # type: ignore[arg-type]
+
+
+def test_any_text_gives_phrases_whose_offsets_hold() -> None:
+    """Seeded random word salad (headers, decimals, punctuation, non-ASCII): never an error, and
+    every phrase is a trimmed, non-empty slice of the text at its offsets."""
+    words = [
+        "no",
+        "effusion",
+        ",",
+        ";",
+        ".",
+        "right",
+        "left",
+        "upper",
+        "zone",
+        "opacity",
+        "cardiomegaly",
+        "heart",
+        "is",
+        "enlarged",
+        "cannot",
+        "exclude",
+        "vs.",
+        "1.5",
+        "cm",
+        ":",
+        "IMPRESSION:",
+        "\n",
+        "and",
+        "with",
+        "but",
+        "pneumothorax",
+        "?",
+        "!",
+        "résumé",
+        "肺",
+        "--",
+        "(",
+        ")",
+        "base",
+    ]
+    rng = random.Random(7)
+    for _ in range(300):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 40)))
+        for phrase in parse_report(text):
+            assert phrase.text
+            assert phrase.text == phrase.text.strip()
+            assert text[phrase.start : phrase.end] == phrase.text
