@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dcmtk orthanc dicom3tools chromium redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery
+.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery \
+	evaluate-grounding
 
 setup: system-packages venv
 
@@ -65,6 +66,16 @@ conformance: venv
 # schemas, conformance statement (the process-set end-to-end test runs with `make pytest`).
 deploy-check: venv
 	$(PY) -m pytest tests/deploy --deselect tests/deploy/test_process_set.py
+
+# docs/GROUNDING.md's figures: phrase grounding on the NIH expert boxes, lung fields on Montgomery.
+GROUNDING_DATA ?= radlight-data/grounding-eval
+evaluate-grounding: venv
+	export RADLIGHT_DATA_DIR=$(GROUNDING_DATA); \
+	$(PY) -m radlight models list | grep -q '^chexnet-densenet121-untrained ' || \
+		$(PY) -m radlight models build densenet121-untrained; \
+	$(PY) -m radlight models evaluate-grounding --model chexnet-densenet121-untrained \
+		--json $(GROUNDING_DATA)/grounding.json && \
+	$(PY) -m radlight models evaluate-lungs
 
 clean:
 	rm -rf radlight-data .pytest_cache .mypy_cache .ruff_cache

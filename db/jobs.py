@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Job, JobState, Route, utcnow
+from db.models import Job, JobState, Route, StudyReport, utcnow
 
 CLAIMABLE = (JobState.PENDING, JobState.QUEUED)
 
@@ -217,3 +217,68 @@ def create_reprocess_job(*, session: Session, source: Job, model_version: str) -
     session.add(job)
     session.flush()
     return job
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def report_input_hash(sop_instance_uids: Sequence[str], report_sha256: str) -> str:
+    """The key of a job that grounds a posted report: the input set and the report's text."""
+    digest = hashlib.sha256()
+    digest.update(input_hash(sop_instance_uids).encode("ascii"))
+    digest.update(b"\nreport:")
+    digest.update(report_sha256.encode("ascii"))
+    return digest.hexdigest()
+
+
+def latest_report(*, session: Session, study_id: int) -> StudyReport | None:
+    """The report posted last for a study, if any."""
+    return session.scalars(
+        select(StudyReport)
+        .where(StudyReport.study_id == study_id)
+        .order_by(StudyReport.id.desc())
+        .limit(1)
+    ).first()
+
+
+def create_report_job(
+    *, session: Session, study_id: int, text: str, created_by: str | None
+) -> tuple[Job, bool] | None:
+    """The job that grounds ``text`` on the study: over the route, model and input set of the
+    study's latest analysis job, PENDING and new (True), or the one made for the same text before
+    (False). None when no job has run on the study yet (nothing says which images to use)."""
+    latest = session.scalars(
+        select(Job)
+        .where(Job.study_id == study_id, Job.report_id.is_(None))
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    if latest is None:
+        return None
+    digest = text_sha256(text)
+    uids = sorted(set(latest.input_sop_instance_uids))
+    key = report_input_hash(uids, digest)
+    existing = session.scalars(
+        select(Job).where(
+            Job.study_id == study_id, Job.route_id == latest.route_id, Job.input_hash == key
+        )
+    ).one_or_none()
+    if existing is not None:
+        return existing, False
+    report = StudyReport(study_id=study_id, text=text, text_sha256=digest, created_by=created_by)
+    session.add(report)
+    session.flush()
+    job = Job(
+        study_id=study_id,
+        route_id=latest.route_id,
+        input_hash=key,
+        input_sop_instance_uids=uids,
+        state=JobState.PENDING,
+        model_name=latest.model_name,
+        model_version=latest.model_version,
+        report_id=report.id,
+    )
+    session.add(job)
+    session.flush()
+    return job, True

@@ -99,6 +99,8 @@ class ResultKind(enum.StrEnum):
     PROBABILITY_SEG = "probability_seg"  # fractional SEG, one segment per present finding
     REGION_GSPS = "region_gsps"  # presentation state with the regions as annotations
     NOT_ANALYSED_SR = "not_analysed_sr"  # the study was seen but not analysed, and why
+    GROUNDED_SR = "grounded_sr"  # the radiologist's report, each sentence with its region
+    GROUNDED_SC = "grounded_sc"  # one grounded sentence's region over the source image
 
 
 class SCEncoding(enum.StrEnum):
@@ -256,9 +258,31 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(index=True)
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
 
+    # Set for a job that grounds a report posted through the API (see StudyReport).
+    report_id: Mapped[int | None] = mapped_column(
+        ForeignKey("study_report.id", ondelete="SET NULL"), index=True
+    )
     study: Mapped[Study] = relationship(back_populates="jobs")
     route: Mapped[Route] = relationship()
+    report: Mapped["StudyReport | None"] = relationship()
     results: Mapped[list["Result"]] = relationship(back_populates="job", cascade="all, delete")
+
+
+class StudyReport(Base):
+    """A radiology report posted for a stored study through the API, to ground and to show.
+
+    Reports that arrive as SR instances stay in the instance store; this holds posted text only.
+    The text is patient-level data: shown to signed-in users, never logged.
+    """
+
+    __tablename__ = "study_report"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Result(Base):

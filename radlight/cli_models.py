@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from radlight.cli_common import db_transaction, out
+from radlight.cli_grounding import add_grounding_commands
 from radlight.errors import ConfigurationError
 from radlight.settings import Settings
 
@@ -337,3 +338,4 @@ def add_model_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     evaluate_demo.add_argument("--build-dir", help="where the wheel is (default DATA/build/...)")
     _add_evaluation_commands(models)
     _add_import_command(models)
+    add_grounding_commands(models)

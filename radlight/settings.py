@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         default=False, description="Mark dashboard cookies Secure (set it behind HTTPS)."
     )
 
+    grounding_model: str | None = Field(
+        default=None,
+        description="The installed classifier the API's grounding and viewer use; by default "
+        "the one installed classifier (its latest version).",
+    )
+    grounding_max_image_bytes: int = Field(default=16 * 1024**2, ge=1024, le=256 * 1024**2)
     log_json: bool = True
     log_level: str = "INFO"
 

@@ -48,6 +48,8 @@ RESULT_SOP_CLASSES: dict[ResultKind, str] = {
     ResultKind.NOT_ANALYSED_SR: ComprehensiveSRStorage,
     ResultKind.PROBABILITY_SEG: SegmentationStorage,
     ResultKind.REGION_GSPS: GrayscaleSoftcopyPresentationStateStorage,
+    ResultKind.GROUNDED_SR: ComprehensiveSRStorage,
+    ResultKind.GROUNDED_SC: SecondaryCaptureImageStorage,
 }
 RESULT_WHEN = {
     ResultKind.HEATMAP_SC: "per present finding (up to `RADLIGHT_OVERLAYS_PER_IMAGE` per image)",
@@ -56,6 +58,9 @@ RESULT_WHEN = {
     ResultKind.NOT_ANALYSED_SR: "per job where no image could be analysed, with the coded reason",
     ResultKind.PROBABILITY_SEG: "per analysed image, on routes with `--seg` (fractional)",
     ResultKind.REGION_GSPS: "per analysed image, on routes with `--gsps`",
+    ResultKind.GROUNDED_SR: "per radiology report (a report SR the route takes, or text posted "
+    "by REST): every sentence with its region (TID 1500)",
+    ResultKind.GROUNDED_SC: "per report sentence with a region, over the first analysed image",
 }
 
 

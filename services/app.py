@@ -23,9 +23,11 @@ from services.api import (
     audit_log,
     deliveries,
     destinations,
+    grounding,
     ingest_failures,
     jobs,
     models,
+    reports,
     results,
     routes,
     stats,
@@ -91,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (
         auth,
         studies,
+        reports,
         jobs,
         results,
         deliveries,
@@ -101,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         ae_settings,
         audit_log,
         stats,
+        grounding,
         metrics,
         dashboard,
     ):

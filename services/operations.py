@@ -40,6 +40,7 @@ from pathlib import Path
 
 from fastapi import Request
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,13 +49,14 @@ from db.jobs import (
     CANCELLABLE,
     FINISHED,
     RETRYABLE,
+    create_report_job,
     create_reprocess_job,
     job_for_model_version,
     mark_cancelled,
     mark_queued,
     reopen_job,
 )
-from db.models import Delivery, DeliveryState, Destination, Job, JobState
+from db.models import Delivery, DeliveryState, Destination, Job, JobState, Study
 from models.registry import ModelRegistry
 from radlight.errors import ModelError, RadLightError
 from radlight.queue import TaskProducer
@@ -333,3 +335,44 @@ def retry_failed_deliveries(
     act.done(count=len(reopened), delivery_ids=reopened[:100])
     _queue_deliveries(session, producer, reopened)
     return reopened
+
+
+def post_report(
+    session: Session,
+    producer: TaskProducer,
+    study_instance_uid: str,
+    text: str,
+    *,
+    principal: Principal,
+    request: Request | None = None,
+) -> tuple[Job, bool]:
+    """Keep a report posted for a stored study and queue the job that grounds it; the same text
+    again re-runs nothing and returns the job made for it (False)."""
+    act = _Audited(session, principal, request, "study.report", "study", None)
+    try:
+        study = session.scalars(
+            select(Study).where(Study.study_instance_uid == study_instance_uid)
+        ).one_or_none()
+        if study is None:
+            raise NotFoundError(f"no study {study_instance_uid}")
+        made = create_report_job(
+            session=session, study_id=study.id, text=text, created_by=principal.actor
+        )
+        if made is None:
+            raise ConflictError(
+                f"study {study_instance_uid} has not been analysed yet; post its report once "
+                "a route has taken it"
+            )
+        job, created = made
+        act.done(
+            study_instance_uid=study_instance_uid,
+            job_id=job.id,
+            report_id=job.report_id,
+            new_job=created,
+            text_chars=len(text),
+        )
+    except OperationError as exc:
+        raise act.refused(exc) from None
+    if not created:
+        return job, False
+    return _queue_job(session, producer, job), True

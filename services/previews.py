@@ -14,7 +14,7 @@ from pydicom.errors import InvalidDicomError
 
 from db.models import ResultKind
 
-IMAGE_KINDS = (ResultKind.HEATMAP_SC, ResultKind.SUMMARY_SC)
+IMAGE_KINDS = (ResultKind.HEATMAP_SC, ResultKind.SUMMARY_SC, ResultKind.GROUNDED_SC)
 PREVIEW_KINDS = (*IMAGE_KINDS, ResultKind.PROBABILITY_SEG)
 
 

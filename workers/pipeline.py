@@ -4,6 +4,11 @@ claim job → load inputs → select frontal chest images within the model card'
 are "not analysed", with the reason) → ``workers.analysis`` (model, findings, result objects) →
 store and record the results, replacing an earlier run's → queue their deliveries. A job whose
 images were all refused sends a "not analysed" SR back instead.
+
+A radiology report in the input set (a Basic Text, Enhanced or Comprehensive SR that RadLight did
+not write, ``dicom_node.reports``) is not an image to refuse: its text is grounded on the first
+analysed image (``workers.grounding``) and the grounded SR and SCs join the job's results. A job
+made for a report posted through the API (``Job.report_id``) grounds that text only.
 """
 
 import logging
@@ -30,6 +35,7 @@ from db.models import (
     SCEncoding,
 )
 from db.session import transaction
+from dicom_node.reports import is_report, report_text
 from models.card import InputContract
 from models.registry import ModelEntry
 from radlight.errors import ModelError, NotAnalysableError
@@ -44,6 +50,7 @@ from workers.analysis import (
     not_analysed,
 )
 from workers.context import WorkerContext
+from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 
 logger = logging.getLogger(__name__)
@@ -58,6 +65,7 @@ class JobInputs:
     options: ResultOptions
     instances: list[tuple[str, str]]  # (sop instance uid, relative path)
     thresholds: dict[str, float]  # the route's per-site thresholds, finding -> value
+    posted_report: str | None = None  # the text of the API-posted report this job grounds
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class ReadInputs:
     analysed: list[AnalysedImage]
     skipped: dict[str, str]  # sop instance uid → why not analysed
     skipped_datasets: list[Dataset]  # the refused ones that could still be read
+    reports: list[tuple[Dataset, str]]  # report SRs in the input set, with their text
 
 
 def _options(route: Route, ctx: WorkerContext) -> ResultOptions:
@@ -101,6 +110,7 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
         options=_options(job.route, ctx),
         instances=[(row.sop_instance_uid, row.relative_path) for row in rows],
         thresholds=dict(job.route.thresholds or {}),
+        posted_report=job.report.text if job.report is not None else None,
     )
 
 
@@ -122,11 +132,17 @@ def _with_site_thresholds(entry: ModelEntry, thresholds: Mapping[str, float]) ->
 
 
 def _read_inputs(ctx: WorkerContext, inputs: JobInputs, contract: InputContract) -> ReadInputs:
-    read = ReadInputs([], {}, [])
+    read = ReadInputs([], {}, [], [])
     for sop_uid, relative_path in inputs.instances:
         dataset: Dataset | None = None
         try:
             dataset = dcmread(BytesIO(ctx.store.read(relative_path)))
+            if is_report(str(dataset.get("SOPClassUID", ""))):
+                text = report_text(dataset)
+                if text is None:
+                    raise NotAnalysableError("the report SR has no text to ground")
+                read.reports.append((dataset, text))
+                continue
             display = load_frontal_chest(dataset)
             check_input_contract(dataset, contract.modalities, contract.view_positions)
             check_age_range(dataset, contract.age_range_years, contract.population)
@@ -216,12 +232,13 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
             state = JobState.SUCCEEDED
             reason = f"some images not analysed: {skipped_note}" if read.skipped else None
             try:
-                built = analyse(inputs.identity, entry, read.analysed, inputs.options)
+                built = _analyse(inputs, entry, read)
             except ModelError as exc:
                 return _finish(ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry)
         else:
             state = JobState.NOT_ANALYSED
-            reason = f"not analysed: {skipped_note or 'no input instances'}"
+            nothing = "no image to ground the report on" if read.reports else "no input instances"
+            reason = f"not analysed: {skipped_note or nothing}"
             built = not_analysed(
                 inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
             )
@@ -249,6 +266,18 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
             except Exception as exc:  # noqa: BLE001 - any broker error; the dispatcher re-queues
                 logger.warning("could not queue delivery %d: %s", delivery_id, exc)
         return state
+
+
+def _analyse(inputs: JobInputs, entry: ModelEntry, read: ReadInputs) -> list[BuiltResult]:
+    """The job's results: findings (unless it only grounds a posted report) and grounded reports
+    on the first analysed image (sorted by SOP Instance UID)."""
+    image = read.analysed[0]
+    if inputs.posted_report is not None:
+        return ground_report(inputs.identity, entry, image, inputs.posted_report, None)
+    built = analyse(inputs.identity, entry, read.analysed, inputs.options)
+    for report, text in read.reports:
+        built.extend(ground_report(inputs.identity, entry, image, text, report))
+    return built
 
 
 def _finish(

@@ -29,6 +29,30 @@ UTCTime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """A query parameter time: ISO 8601 with its offset (``2025-01-31T08:00:00Z``), as UTC."""
 
 
+MAX_REPORT_CHARS = 20_000
+
+
+def _has_words(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the text is empty (only whitespace)")
+    if "\x00" in value:
+        raise ValueError("the text contains a NUL character")
+    return value
+
+
+ReportText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_REPORT_CHARS,
+        description="A radiology report (or part of one) as plain text.",
+        examples=["Small left pleural effusion. No pneumothorax."],
+    ),
+    AfterValidator(_has_words),
+]
+"""Report text as the grounding endpoints take it: 1 to 20 000 characters, not blank."""
+
+
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
     """``end - start`` in seconds, or None when either is unknown."""
     if start is None or end is None:

@@ -1,4 +1,4 @@
-"""The dashboard's own two static files, served by name from a fixed list (no directory walk)."""
+"""The dashboard's own static files, served by name from a fixed list (no directory walk)."""
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
@@ -7,7 +7,12 @@ from services.dashboard.web import HERE, DashboardRoute, PageError
 
 router = APIRouter(route_class=DashboardRoute)
 
-STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+STATIC = {
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+    "viewer.css": "text/css",
+    "viewer.js": "text/javascript",
+}
 
 
 @router.get("/static/{name}")

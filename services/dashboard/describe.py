@@ -29,6 +29,14 @@ def headline(result: Result) -> str:
         present = summary.get("present")
         if isinstance(present, list):
             return "present: " + ", ".join(map(str, present)) if present else "no finding present"
+    if result.kind is ResultKind.GROUNDED_SC:
+        sentence, findings = summary.get("sentence"), summary.get("findings")
+        if isinstance(sentence, int) and isinstance(findings, list):
+            return f"report sentence {sentence}: " + ", ".join(map(str, findings))
+    if result.kind is ResultKind.GROUNDED_SR:
+        sentences, grounded = summary.get("sentences"), summary.get("grounded_sentences")
+        if isinstance(sentences, int) and isinstance(grounded, int):
+            return f"{grounded} of {sentences} report sentences grounded"
     return ""
 
 

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine, select
 
 from db.config import upsert_destination, upsert_route
@@ -25,6 +24,8 @@ from db.models import Delivery, DeliveryState, Result
 from db.session import make_engine, make_session_factory, transaction
 from models.export import build_tiny_classifier
 from models.registry import ModelRegistry
+from tests.integration.browsers import api_answers
+from tests.integration.browsers import browser as browser  # a fixture
 from tests.peers import (
     Service,
     create_user,
@@ -41,7 +42,6 @@ from tests.peers import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_PASSWORD = "dashboard browser test password"
 PACS_AE = "ORTHANC"
 MAX_SCREENSHOT_BYTES = 300_000
@@ -120,29 +120,10 @@ def deployment(tmp_path: Path, redis_url: str) -> Iterator[Deployment]:
         )
         try:
             deployment.wait(lambda: echo_ok(dicom_port), "the node's C-ECHO", timeout=30)
-            deployment.wait(lambda: _answers(deployment.api_url), "the API", timeout=30)
+            deployment.wait(lambda: api_answers(deployment.api_url), "the API", timeout=30)
             yield deployment
         finally:
             engine.dispose()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        raise AssertionError(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture

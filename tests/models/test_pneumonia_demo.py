@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_node.pixels import to_display_uint8
 from models.checksum import sha256_file
 from models.export import BuiltModel
 from models.pneumonia_demo import (
@@ -30,7 +31,6 @@ from models.runtime import HeatmapModel
 from tests.conftest import REPO_ROOT
 from tests.models.test_pneumonia_runtime import readme_recipe
 from tests.pneumonia_build import build_demo_once, demo_build_dir, jpeg_to_dicom
-from workers.imaging import to_display_uint8
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

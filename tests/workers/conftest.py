@@ -3,17 +3,16 @@ and a way to put received instances in it as the DICOM node does (store the byte
 """
 
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from db.ingest import ReceivedInstance, RecordOutcome, record_instance
-from db.session import transaction
+from db.ingest import RecordOutcome
 from models.export import BuiltModel, build_tiny_classifier
 from radlight.settings import Settings
+from tests.dicom_io import store_and_record, to_bytes
 from workers.context import WorkerContext, build_context
 
 
@@ -72,31 +71,7 @@ def receive(
     called_ae: str = "RADLIGHT",
 ) -> RecordOutcome:
     """Store a Part-10 file's bytes and record the instance, as the node's C-STORE handler does."""
-    if isinstance(source, Path):
-        data = source.read_bytes()
-    else:
-        buffer = BytesIO()
-        source.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
-    ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-    relative = ctx.store.instance_path(
-        str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    data = source.read_bytes() if isinstance(source, Path) else to_bytes(source)
+    return store_and_record(
+        ctx.store, ctx.sessions, data, calling_ae=calling_ae, called_ae=called_ae
     )
-    stored = ctx.store.write(relative, data)
-    received = ReceivedInstance(
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        modality=ds.get("Modality"),
-        body_part_examined=ds.get("BodyPartExamined"),
-        view_position=ds.get("ViewPosition"),
-        relative_path=stored.relative_path,
-        size_bytes=stored.size_bytes,
-        sha256=stored.sha256,
-        calling_ae=calling_ae,
-        called_ae=called_ae,
-    )
-    with transaction(ctx.sessions) as session:
-        return record_instance(received, session=session)

@@ -4,8 +4,6 @@ linked, and valid per dciodvfy. The rendering itself (Orthanc, dcmtk, Chromium) 
 `make gallery`; tests/integration/test_result_objects.py checks Orthanc's rendering of results.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -13,22 +11,14 @@ import numpy as np
 import pytest
 
 from db.models import ResultKind, SCEncoding
-from tests.conftest import REPO_ROOT
 from tests.dicom_io import to_bytes
+from tests.grounding_study import load_gallery
 from tests.peers import dciodvfy_errors
 
 
 @pytest.fixture(scope="module")
 def gallery() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "render_gallery", REPO_ROOT / "scripts" / "render_gallery.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["render_gallery"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_gallery()
 
 
 def test_phantom_is_a_deterministic_12_bit_chest(gallery: ModuleType) -> None:

@@ -24,13 +24,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from dicom_node.pixels import to_display_uint8
 from radlight.errors import NotAnalysableError
-from workers.imaging import (
-    check_frontal_chest,
-    check_input_contract,
-    load_frontal_chest,
-    to_display_uint8,
-)
+from workers.imaging import check_frontal_chest, check_input_contract, load_frontal_chest
 
 
 @pytest.fixture(scope="module")

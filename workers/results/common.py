@@ -10,6 +10,7 @@ import logging
 import math
 import numbers
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -240,3 +241,16 @@ def algorithm_equipment(
         contribution_datetime=when,
         contribution_description=description,
     )
+
+
+def ascii_text(value: str, what: str, max_chars: int = 1024) -> str:
+    """``value`` as single-spaced ASCII (accents dropped, dashes kept), at most ``max_chars``:
+    text any receiver's character set can carry. ValueError when nothing is left."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str")
+    dashed = value.replace("\u2013", "-").replace("\u2014", "-")
+    text = unicodedata.normalize("NFKD", dashed).encode("ascii", "ignore").decode("ascii")
+    text = " ".join(text.split())
+    if not text:
+        raise ValueError(f"{what} is empty")
+    return text[:max_chars]

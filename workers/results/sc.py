@@ -30,6 +30,7 @@ from workers.results.common import (
     AlgorithmInfo,
     FindingScore,
     algorithm_equipment,
+    ascii_text,
     check_positive_int,
     check_source_image,
     check_uid,
@@ -57,6 +58,7 @@ from workers.results.regions import FindingResult, ImageFindings
 
 OVERLAY_SERIES_DESCRIPTION = "RadLight AI heatmap - not for primary diagnosis"
 SUMMARY_SERIES_DESCRIPTION = "RadLight AI summary - not for primary diagnosis"
+GROUNDED_SERIES_DESCRIPTION = "RadLight AI report regions - not for primary diagnosis"
 NO_FINDING_TEXT = "No finding above its operating threshold"
 # Lossless (uncompressed) by default; JPEG baseline (lossy, about ten times smaller) for
 # destinations that ask for it.
@@ -238,6 +240,93 @@ def build_heatmap_overlay(
     ``transfer_syntax_uid`` is Explicit VR Little Endian (lossless, the default) or JPEG Baseline
     (lossy: Lossy Image Compression "01" with its ratio and method).
     """
+    if not isinstance(finding, FindingScore):
+        raise TypeError("finding must be a FindingScore")
+    summary = (
+        f"{finding.display_label} {finding.probability:.2f}; {algorithm.title}; "
+        f"model sha256 {algorithm.sha256_prefix}; {AI_RESULT_WARNING}"
+    )
+    return _blended_overlay(
+        source=source,
+        display_image=display_image,
+        heatmap=heatmap,
+        legend=legend_text(finding, algorithm),
+        what=f"Heatmap for {finding.display_label} (score {finding.probability:.4f})",
+        summary=summary,
+        series_description=OVERLAY_SERIES_DESCRIPTION,
+        contribution=f"AI heatmap overlay. {summary}",
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        content_datetime=content_datetime,
+        body_part_examined=body_part_examined,
+        transfer_syntax_uid=transfer_syntax_uid,
+    )
+
+
+def build_sentence_overlay(
+    *,
+    source: pydicom.Dataset,
+    display_image: NDArray[np.uint8],
+    heatmap: NDArray[np.floating],
+    sentence: str,
+    sentence_number: int,
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    content_datetime: datetime.datetime | None = None,
+) -> hd.sc.SCImage:
+    """Like :func:`build_heatmap_overlay`, for one sentence of the radiologist's report: the
+    region the sentence speaks of blended over the source, the sentence in the legend."""
+    words = ascii_text(sentence, "sentence")
+    check_positive_int(sentence_number, "sentence_number")
+    title = f"Report sentence {sentence_number}: {words}"
+    short = title if len(title) <= 60 else title[:57] + "..."
+    summary = f"{short}; {algorithm.title}; {AI_RESULT_WARNING}"
+    return _blended_overlay(
+        source=source,
+        display_image=display_image,
+        heatmap=heatmap,
+        legend=LegendText(title=short, detail=f"Model: {algorithm.title}"),
+        what=f"Region of report sentence {sentence_number}",
+        summary=summary[:10240],
+        series_description=GROUNDED_SERIES_DESCRIPTION,
+        contribution=f"AI grounded report sentence. {summary}"[:1024],
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        content_datetime=content_datetime,
+        body_part_examined=None,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+
+
+def _blended_overlay(
+    *,
+    source: pydicom.Dataset,
+    display_image: NDArray[np.uint8],
+    heatmap: NDArray[np.floating],
+    legend: LegendText,
+    what: str,
+    summary: str,
+    series_description: str,
+    contribution: str,
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    content_datetime: datetime.datetime | None,
+    body_part_examined: str | None,
+    transfer_syntax_uid: str,
+) -> hd.sc.SCImage:
+    """The checked inputs, the blended pixels with their legend, and the SC around them."""
     check_source_image(source)
     image = check_display_image(display_image)
     expected_shape = (int(source.Rows), int(source.Columns))
@@ -246,8 +335,6 @@ def build_heatmap_overlay(
             f"display_image shape {image.shape} differs from the source's {expected_shape}"
         )
     scores = check_heatmap(heatmap, expected_shape)
-    if not isinstance(finding, FindingScore):
-        raise TypeError("finding must be a FindingScore")
     _check_common(
         algorithm=algorithm,
         series_instance_uid=series_instance_uid,
@@ -259,14 +346,10 @@ def build_heatmap_overlay(
     when = resolve_content_datetime(content_datetime)
     body_part = _body_part(body_part_examined, source)
 
-    pixels = compose_overlay(image, scores, legend_text(finding, algorithm))
+    pixels = compose_overlay(image, scores, legend)
     band_rows = pixels.shape[0] - expected_shape[0]
-    summary = (
-        f"{finding.display_label} {finding.probability:.2f}; {algorithm.title}; "
-        f"model sha256 {algorithm.sha256_prefix}; {AI_RESULT_WARNING}"
-    )
     derivation = (
-        f"Heatmap for {finding.display_label} (score {finding.probability:.4f}) made by "
+        f"{what} made by "
         f"{algorithm.title} (model sha256 {algorithm.sha256}) with RadLight "
         f"{algorithm.software_version}, blended in colour over the source image; a legend "
         f"band of {band_rows} rows is appended below the source pixels. "
@@ -282,10 +365,10 @@ def build_heatmap_overlay(
         instance_number=instance_number,
         when=when,
         body_part=body_part,
-        series_description=OVERLAY_SERIES_DESCRIPTION,
+        series_description=series_description,
         image_comments=summary,
         derivation=derivation,
-        contribution=f"AI heatmap overlay. {summary}",
+        contribution=contribution,
         transfer_syntax_uid=transfer_syntax_uid,
     )
 

@@ -44,7 +44,6 @@ viewers support Comprehensive SR far more widely.
 
 import datetime
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
@@ -59,6 +58,7 @@ from radlight.uids import deterministic_uid
 from workers.results.common import (
     AlgorithmInfo,
     algorithm_equipment,
+    ascii_text,
     check_positive_int,
     check_source_image,
     check_uid,
@@ -520,12 +520,7 @@ def _reason_text(reason: object, uid: str) -> str:
     """The reason as plain ASCII text (any source character set can carry it), or ValueError."""
     if not isinstance(reason, str):
         raise TypeError(f"the reason for {uid} must be a str")
-    dashed = reason.replace("\u2013", "-").replace("\u2014", "-")
-    text = unicodedata.normalize("NFKD", dashed).encode("ascii", "ignore").decode("ascii")
-    text = " ".join(text.split())
-    if not text:
-        raise ValueError(f"the reason for {uid} is empty")
-    return text[:_REASON_MAX]
+    return ascii_text(reason, f"the reason for {uid}", _REASON_MAX)
 
 
 def build_not_analysed_report(
