@@ -524,7 +524,7 @@ def report_series_description(version: int) -> str:
         raise ValueError(f"a report version starts at 1, not {version}")
     if version == 1:
         return REPORT_SERIES_DESCRIPTION
-    return REPORT_SERIES_DESCRIPTION.replace(" - ", f" (amended, version {version}) - ", 1)
+    return REPORT_SERIES_DESCRIPTION.replace(" - ", f" v{version} (amended) - ", 1)
 
 
 def not_analysed_reason_code(reason: str) -> FindingCode:
