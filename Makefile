@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dcmtk orthanc dicom3tools chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery
+.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery soak
 
 setup: system-packages venv
 
@@ -61,6 +61,13 @@ conformance: venv
 # schemas, conformance statement (the process-set end-to-end test runs with `make pytest`).
 deploy-check: venv
 	$(PY) -m pytest tests/deploy --deselect tests/deploy/test_process_set.py
+
+# Load and soak: the load test with more senders and studies (SOAK_SENDERS x SOAK_STUDIES), counts printed.
+SOAK_SENDERS ?= 8
+SOAK_STUDIES ?= 50
+soak: venv
+	RADLIGHT_LOAD_SENDERS=$(SOAK_SENDERS) RADLIGHT_LOAD_STUDIES=$(SOAK_STUDIES) \
+		$(PY) -m pytest tests/reliability/test_load.py -s
 
 clean:
 	rm -rf radlight-data .pytest_cache .mypy_cache .ruff_cache
