@@ -102,9 +102,9 @@ def test_worker_killed_mid_job_completes_once_on_another_worker(
     with deployment(tmp_path, start=False, settings={"RADLIGHT_JOB_LEASE_S": "4"}) as deployed:
         first = deployed.start("worker-a", "worker", "--hostname", "a@%h")
         node = deployed.start_node()
-        # Ten full-size images in one job (a summary SC each, and the SR): long enough to be
+        # Ten half-size images in one job (a summary SC each, and the SR): long enough to be
         # caught running.
-        study_uid, files = make_study(real_dicom_files[0], tmp_path / "in", count=10, shrink=1)
+        study_uid, files = make_study(real_dicom_files[0], tmp_path / "in", count=10, shrink=2)
         stored, output = _send(deployed.port, *files)
         assert stored, output
 
