@@ -20,7 +20,11 @@ from tests.peers import free_port
 
 
 def _tool(name: str) -> str:
+    """``name`` from PATH, else from Debian's versioned server folder (newest first)."""
     found = shutil.which(name) or shutil.which(name, path="/usr/local/bin")
+    if found is None:
+        versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+        found = str(versions[0]) if versions else None
     if found is None:
         raise AssertionError(f"{name} not found: install PostgreSQL's server binaries")
     return found
