@@ -8,9 +8,7 @@ are short and set through the environment, and every wait is bounded.
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +32,10 @@ from tests.peers import (
     dicom_env,
     echo_ok,
     free_port,
+    kill_service,
     node_env,
     postgres_database,
+    radlight_service,
     require_tools,
     run_orthanc,
     run_redis,
@@ -97,41 +97,15 @@ def configure(data_dir: Path, database_url: str, pacs_port: int, pacs_ae: str = 
         engine.dispose()
 
 
-@contextlib.contextmanager
-def process(env: dict[str, str], workdir: Path, name: str, *args: str) -> Iterator[Service]:
-    """``radlight ARGS`` in its own process group (so a SIGKILL takes its children too),
-    logging to ``workdir/NAME.log``; stopped (SIGTERM, then SIGKILL) afterwards."""
-    log_path = workdir / f"{name}.log"
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "radlight", *args],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    service = Service(name, proc, log_path)
-    try:
-        yield service
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                kill(service)
-        # Orphaned pool children of a worker stopped by SIGTERM have left by now; make sure.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+def process(
+    env: dict[str, str], workdir: Path, name: str, *args: str
+) -> contextlib.AbstractContextManager[Service]:
+    """``radlight ARGS`` in a process group of its own (so ``kill`` takes its children too),
+    logging to ``workdir/NAME.log``; stopped afterwards."""
+    return radlight_service(env, workdir, *args, name=name, process_group=True)
 
 
-def kill(service: Service) -> None:
-    """SIGKILL the process and everything it started, as a lost machine would stop it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(service.process.pid, signal.SIGKILL)
-    service.process.wait(timeout=20)
+kill = kill_service
 
 
 def wait_node(node: Service, port: int) -> None:
