@@ -8,7 +8,7 @@ APT_PACKAGES := dcmtk orthanc dicom3tools chromium redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery \
-	evaluate-grounding
+	evaluate-grounding soak
 
 setup: system-packages venv
 
@@ -76,6 +76,13 @@ evaluate-grounding: venv
 	$(PY) -m radlight models evaluate-grounding --model chexnet-densenet121-untrained \
 		--json $(GROUNDING_DATA)/grounding.json && \
 	$(PY) -m radlight models evaluate-lungs
+
+# Load and soak: the load test with more senders and studies (SOAK_SENDERS x SOAK_STUDIES), counts printed.
+SOAK_SENDERS ?= 8
+SOAK_STUDIES ?= 50
+soak: venv
+	RADLIGHT_LOAD_SENDERS=$(SOAK_SENDERS) RADLIGHT_LOAD_STUDIES=$(SOAK_STUDIES) \
+		$(PY) -m pytest tests/reliability/test_load.py -s
 
 clean:
 	rm -rf radlight-data .pytest_cache .mypy_cache .ruff_cache

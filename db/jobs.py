@@ -2,7 +2,7 @@
 
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -56,13 +56,38 @@ def mark_queued(*, session: Session, job_id: int) -> None:
     )
 
 
-def claim_job(*, session: Session, job_id: int) -> bool:
-    """Move a job to RUNNING if nobody else has; the conditional update is the lock."""
+def claim_job(
+    *, session: Session, job_id: int, worker: str | None = None, lease_s: float | None = None
+) -> bool:
+    """Move a job to RUNNING if nobody else has; the conditional update is the lock.
+
+    With ``lease_s`` the claim is a lease held by ``worker`` until now + ``lease_s``; the worker
+    renews it (:func:`renew_lease`) and the dispatcher re-queues the job once it runs out.
+    """
     now = utcnow()
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state.in_(CLAIMABLE))
-        .values(state=JobState.RUNNING, attempts=Job.attempts + 1, started_at=now, updated_at=now)
+        .values(
+            state=JobState.RUNNING,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            updated_at=now,
+            worker=worker,
+            lease_expires_at=None if lease_s is None else now + timedelta(seconds=lease_s),
+        )
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def renew_lease(*, session: Session, job_id: int, worker: str, lease_s: float) -> bool:
+    """Extend ``worker``'s lease on a RUNNING job; False when it no longer holds it (the job was
+    finished, cancelled, or re-queued after the lease ran out)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == worker)
+        .values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -83,6 +108,7 @@ def finish_job(
         "reason": reason,
         "finished_at": utcnow(),
         "updated_at": utcnow(),
+        "lease_expires_at": None,
     }
     if model_version is not None:
         values["model_version"] = model_version
@@ -96,21 +122,30 @@ def release_for_retry(*, session: Session, job_id: int, reason: str) -> None:
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.RUNNING)
-        .values(state=JobState.QUEUED, reason=reason, updated_at=utcnow())
+        .values(state=JobState.QUEUED, reason=reason, updated_at=utcnow(), lease_expires_at=None)
     )
 
 
-def requeue_candidates(*, session: Session, stale_before: datetime) -> list[int]:
-    """Jobs committed but never queued, or queued/running with no progress since ``stale_before``.
+def requeue_candidates(
+    *, session: Session, stale_before: datetime, now: datetime | None = None
+) -> list[int]:
+    """Jobs the dispatcher must (re-)queue: committed but never queued (PENDING), queued with no
+    progress since ``stale_before`` (the message was lost), or RUNNING with a lease that ran out
+    before ``now`` (the worker died). A RUNNING job without a lease (claimed by a worker that does
+    not hold one) counts as stalled after ``stale_before``.
 
-    The dispatcher re-queues them: a broker outage or a dead worker never loses a study.
+    A broker outage or a dead worker never loses a study.
     """
+    now = now or utcnow()
     rows = session.scalars(
         select(Job.id)
         .where(
             or_(
                 Job.state == JobState.PENDING,
-                Job.state.in_((JobState.QUEUED, JobState.RUNNING))
+                (Job.state == JobState.QUEUED) & (Job.updated_at < stale_before),
+                (Job.state == JobState.RUNNING) & (Job.lease_expires_at < now),
+                (Job.state == JobState.RUNNING)
+                & Job.lease_expires_at.is_(None)
                 & (Job.updated_at < stale_before),
             )
         )
@@ -120,12 +155,21 @@ def requeue_candidates(*, session: Session, stale_before: datetime) -> list[int]
     return list(rows)
 
 
-def reset_stale(*, session: Session, job_id: int) -> None:
-    """A stuck RUNNING/QUEUED job goes back to QUEUED (its worker died or its message is lost)."""
+def reset_stale(*, session: Session, job_id: int, reason: str | None = None) -> None:
+    """A stuck RUNNING/QUEUED job goes back to QUEUED (its worker died or its message is lost);
+    ``reason`` says which, for the API."""
+    values: dict[str, object] = {
+        "state": JobState.QUEUED,
+        "queued_at": utcnow(),
+        "updated_at": utcnow(),
+        "lease_expires_at": None,
+    }
+    if reason is not None:
+        values["reason"] = reason
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
-        .values(state=JobState.QUEUED, queued_at=utcnow(), updated_at=utcnow())
+        .values(**values)
     )
 
 

@@ -257,6 +257,10 @@ class Job(Base):
     queued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None] = mapped_column(index=True)
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
+    # The lease of a RUNNING job: its worker renews it while it works; the dispatcher re-queues
+    # the job once it has run out (the worker died). ``worker`` names the holder, for operators.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    worker: Mapped[str | None] = mapped_column(String(255))
 
     # Set for a job that grounds a report posted through the API (see StudyReport).
     report_id: Mapped[int | None] = mapped_column(

@@ -50,6 +50,16 @@ def study_facts(study: Study, instances: list[Instance]) -> StudyFacts:
     )
 
 
+def _stall_reason(job: Job) -> str:
+    """Why a QUEUED or RUNNING job is queued again, as the API shows it."""
+    if job.state is JobState.RUNNING and job.lease_expires_at is not None:
+        return (
+            f"worker {job.worker or '?'} lost its lease (no heartbeat since "
+            f"{job.updated_at:%Y-%m-%dT%H:%M:%SZ}): queued again"
+        )
+    return f"no progress in state {job.state.value} since {job.updated_at:%Y-%m-%dT%H:%M:%SZ}: queued again"
+
+
 class Assembler:
     """Turns quiet studies into jobs and keeps every committed job on the queue."""
 
@@ -133,19 +143,20 @@ class Assembler:
                 job = session.get(Job, job_id)
                 if job is None:
                     continue
-                previous = job.state
+                previous, reason = job.state, ""
                 stale = previous in (JobState.QUEUED, JobState.RUNNING)
                 if stale:
                     # Committed before the message goes out, so the worker that receives it
                     # finds the job claimable.
-                    reset_stale(session=session, job_id=job_id)
+                    reason = _stall_reason(job)
+                    reset_stale(session=session, job_id=job_id, reason=reason)
             try:
                 self._queue.enqueue_job(job_id)
             except Exception as exc:  # noqa: BLE001 - any broker error: keep the job, retry later
                 logger.warning("could not queue job %d, will retry: %s", job_id, exc)
                 break
             if stale:
-                logger.warning("job %d stalled in %s: queued again", job_id, previous)
+                logger.warning("job %d stalled in %s: %s", job_id, previous.value, reason)
             else:
                 with transaction(self._sessions) as session:
                     mark_queued(session=session, job_id=job_id)

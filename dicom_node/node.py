@@ -62,6 +62,7 @@ class DicomNode:
             store=self.store,
             sessions=self.sessions,
             max_instance_bytes=self.settings.max_instance_bytes,
+            min_free_bytes=self.settings.store_min_free_bytes,
         )
         self._server = self._ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port),

@@ -67,6 +67,7 @@ class StoreContext:
     store: InstanceStore
     sessions: sessionmaker[Session]
     max_instance_bytes: int
+    min_free_bytes: int = 0
 
 
 def handle_echo(event: Event) -> int:
@@ -146,6 +147,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                     request_sop_instance=sop_instance,
                     encoded=None,
                 )
+            ctx.store.check_room(len(encoded), min_free_bytes=ctx.min_free_bytes)
             header = read_header(
                 encoded, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
             )
@@ -167,13 +169,22 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                 encoded=encoded,
             )
         except StoreFullError as exc:
-            logger.error("store full: %s", exc)
-            return STATUS_OUT_OF_RESOURCES
-        except (StoreError, SQLAlchemyError) as exc:
-            logger.exception("could not persist the instance")
             return _refuse(
                 ctx,
-                status=STATUS_PROCESSING_FAILURE,
+                status=STATUS_OUT_OF_RESOURCES,
+                reason=str(exc),
+                calling_ae=calling_ae,
+                request_sop_class=sop_class,
+                request_sop_instance=sop_instance,
+                encoded=None,
+            )
+        except (StoreError, SQLAlchemyError) as exc:
+            # Out of resources, not a processing failure: senders retry 0xA700 later, and the
+            # instance is recorded once the database or the store is back.
+            logger.error("could not persist the instance: %s", type(exc).__name__)
+            return _refuse(
+                ctx,
+                status=STATUS_OUT_OF_RESOURCES,
                 reason=f"could not persist the instance: {type(exc).__name__}: {exc}",
                 calling_ae=calling_ae,
                 request_sop_class=sop_class,

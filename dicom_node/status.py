@@ -2,10 +2,10 @@
 
 STATUS_SUCCESS = 0x0000
 # General failures (PS3.7 C.4)
-STATUS_PROCESSING_FAILURE = 0x0110  # our own fault (database down): the sender should retry
+STATUS_PROCESSING_FAILURE = 0x0110  # an unexpected fault of ours (a bug)
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 # Storage Service Class (PS3.4 B.2.3)
-STATUS_OUT_OF_RESOURCES = 0xA700  # disk full
+STATUS_OUT_OF_RESOURCES = 0xA700  # cannot record now (database down, store below watermark): retry
 STATUS_OUT_OF_RESOURCES_TOO_LARGE = 0xA701  # instance over the configured size limit
 STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC210  # malformed or truncated encoding

@@ -6,6 +6,7 @@ Paths are built only from validated UIDs, so a hostile UID cannot escape the sto
 import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,28 @@ class InstanceStore:
         if not path.is_relative_to(self.root):
             raise StoreError(f"path {relative_path!r} is outside the store")
         return path
+
+    def free_bytes(self) -> int:
+        """Free space on the store's file system, as an unprivileged writer sees it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
+
+    def check_room(self, size_bytes: int, *, min_free_bytes: int) -> None:
+        """Raise StoreFullError unless ``size_bytes`` fit and leave ``min_free_bytes`` free.
+
+        Checked before accepting an instance, so the node refuses (0xA700, which senders retry)
+        while there is still room for the database, the logs and the results of work in flight,
+        instead of failing half-way through a write on a full disk.
+        """
+        try:
+            free = self.free_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read the store's free space: {exc.strerror}") from exc
+        if free - size_bytes < min_free_bytes:
+            raise StoreFullError(
+                f"store below its free-space watermark: {free} bytes free, {size_bytes} to "
+                f"write, {min_free_bytes} to keep free"
+            )
 
     def write(self, relative_path: str, data: bytes) -> StoredFile:
         """Write ``data`` atomically and durably; an existing file is replaced whole."""

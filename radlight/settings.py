@@ -35,10 +35,23 @@ class Settings(BaseSettings):
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     max_instance_bytes: int = Field(default=2 * 1024**3, gt=0)
+    store_min_free_bytes: int = Field(
+        default=1024**3,
+        ge=0,
+        description="Refuse C-STORE with 0xA700 while the store has less free space than this.",
+    )
 
     study_quiet_seconds: float = Field(default=5.0, ge=0, description="Study is complete after.")
     assembler_interval_s: float = Field(default=1.0, gt=0)
-    requeue_after_s: float = Field(default=300.0, gt=0, description="Re-queue stuck jobs after.")
+    requeue_after_s: float = Field(
+        default=300.0, gt=0, description="Re-queue jobs queued but not started after this."
+    )
+    job_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running job's lease; its worker renews it every third of this, and the "
+        "dispatcher re-queues a job whose lease ran out (the worker died).",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

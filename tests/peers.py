@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -207,25 +208,57 @@ class Service:
 
 
 @contextlib.contextmanager
-def radlight_service(env: dict[str, str], workdir: Path, *args: str) -> Iterator[Service]:
-    """Start ``radlight ARGS`` as its own process and stop it (SIGTERM, then kill) afterwards."""
-    name = "-".join(args).replace("/", "_")  # a path among the args must not make folders
+def radlight_service(
+    env: dict[str, str],
+    workdir: Path,
+    *args: str,
+    name: str | None = None,
+    process_group: bool = False,
+) -> Iterator[Service]:
+    """Start ``radlight ARGS`` as its own process and stop it (SIGTERM, then kill) afterwards.
+
+    ``name`` names its log (default: from the args); with ``process_group`` it leads a process
+    group of its own, which the stop signals reach whole (a worker's pool children too), and
+    which a fault test may SIGKILL as one (``kill_service``).
+    """
+    name = name or "-".join(args).replace("/", "_")  # a path among the args must not make folders
     log_path = workdir / f"{name}.log"
-    log = log_path.open("wb")
+    log = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "radlight", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "radlight", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=process_group,
     )
     service = Service(name, process, log_path)
+
+    def signal_all(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if process_group:
+                os.killpg(process.pid, signum)
+            else:
+                os.kill(process.pid, signum)
+
     try:
         yield service
     finally:
-        process.terminate()
+        signal_all(signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            signal_all(signal.SIGKILL)
             process.wait(timeout=10)
+        if process_group:
+            signal_all(signal.SIGKILL)  # pool children still there after the leader left
         log.close()
+
+
+def kill_service(service: Service) -> None:
+    """SIGKILL a ``process_group`` service and everything it started, as a lost machine would."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.process.pid, signal.SIGKILL)
+    service.process.wait(timeout=20)
 
 
 def echo_ok(port: int, called_ae: str = "RADLIGHT") -> bool:

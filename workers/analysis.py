@@ -74,6 +74,8 @@ class JobIdentity:
     study_instance_uid: str
     input_hash: str
     created_at: datetime  # the results' content date/time, so a re-run is byte-identical
+    version: int = 1  # 1 + the earlier jobs of this study and route that made a findings report
+    amends: Dataset | None = None  # the latest of those reports, which this one supersedes
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,12 @@ def build_results(
         instance_number=1,
         evidence=evidence,
         content_datetime=when,
+        version=job.version,
+        amends=job.amends,
     )
     summary: dict[str, object] = {
+        "version": job.version,
+        "amends": None if job.amends is None else str(job.amends.SOPInstanceUID),
         "findings": {
             f.sop_instance_uid: {r.score.label: round(r.score.probability, 6) for r in f.findings}
             for f in images

@@ -31,6 +31,7 @@ from db.models import (
     Job,
     JobState,
     Result,
+    ResultKind,
     Route,
     SCEncoding,
 )
@@ -38,7 +39,7 @@ from db.session import transaction
 from dicom_node.reports import is_report, report_text
 from models.card import InputContract
 from models.registry import ModelEntry
-from radlight.errors import ModelError, NotAnalysableError
+from radlight.errors import ModelError, NotAnalysableError, StoreError
 from radlight.logs import log_context
 from workers.analysis import (
     AnalysedImage,
@@ -52,6 +53,7 @@ from workers.analysis import (
 from workers.context import WorkerContext
 from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
+from workers.lease import held_lease, worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
         .where(Instance.sop_instance_uid.in_(job.input_sop_instance_uids))
         .order_by(Instance.sop_instance_uid)
     )
+    version, amends = _previous_version(session, job, ctx)
     return JobInputs(
         job_id=job.id,
         identity=JobIdentity(
@@ -104,6 +107,8 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
             study_instance_uid=job.study.study_instance_uid,
             input_hash=job.input_hash,
             created_at=job.created_at,
+            version=version,
+            amends=amends,
         ),
         model_name=job.model_name,
         model_version=job.model_version,
@@ -112,6 +117,31 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
         thresholds=dict(job.route.thresholds or {}),
         posted_report=job.report.text if job.report is not None else None,
     )
+
+
+def _previous_version(session: Session, job: Job, ctx: WorkerContext) -> tuple[int, Dataset | None]:
+    """This job's report version and the report it amends: the earlier jobs of the same study and
+    route that made a findings report (a late instance re-opened the study) come before it."""
+    earlier = session.execute(
+        select(Result.job_id, Result.relative_path)
+        .join(Job, Result.job_id == Job.id)
+        .where(
+            Job.study_id == job.study_id,
+            Job.route_id == job.route_id,
+            Job.id < job.id,
+            Result.kind == ResultKind.FINDINGS_SR,
+        )
+        .order_by(Job.id)
+    ).all()
+    version = len({row.job_id for row in earlier}) + 1
+    if not earlier:
+        return version, None
+    try:
+        return version, dcmread(BytesIO(ctx.store.read(earlier[-1].relative_path)))
+    except (StoreError, InvalidDicomError, EOFError) as exc:
+        # Still a new version; only the link to the one before is missing, and said so.
+        logger.warning("job %d: the report it amends cannot be read: %s", job.id, exc)
+        return version, None
 
 
 def _with_site_thresholds(entry: ModelEntry, thresholds: Mapping[str, float]) -> ModelEntry:
@@ -214,12 +244,16 @@ def _store_results(
 
 def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
     """Run one job to a final state; returns it, or None when another worker owns the job."""
+    worker, lease_s = worker_name(), ctx.settings.job_lease_s
     with transaction(ctx.sessions) as session:
-        if not claim_job(session=session, job_id=job_id):
+        if not claim_job(session=session, job_id=job_id, worker=worker, lease_s=lease_s):
             logger.info("job %d is not claimable (already running or finished)", job_id)
             return None
         inputs = _load_inputs(session, job_id, ctx)
-    with log_context(study_uid=inputs.identity.study_instance_uid):
+    with (
+        log_context(study_uid=inputs.identity.study_instance_uid),
+        held_lease(ctx.sessions, job_id, worker, lease_s),
+    ):
         try:
             entry = _with_site_thresholds(
                 ctx.registry.get(inputs.model_name, inputs.model_version), inputs.thresholds

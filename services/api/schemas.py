@@ -132,6 +132,12 @@ class JobOut(BaseModel):
     queued_at: datetime | None = None
     started_at: datetime | None
     finished_at: datetime | None
+    worker: str | None = Field(
+        default=None, description="The worker holding (or that last held) the job's lease."
+    )
+    lease_expires_at: datetime | None = Field(
+        default=None, description="A running job is queued again if its worker lets this pass."
+    )
     results: list[ResultOut] = []
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.config import upsert_route
 from db.ingest import ReceivedInstance, record_instance
-from db.jobs import create_job_if_new
+from db.jobs import claim_job, create_job_if_new, renew_lease
 from db.models import Job, JobState, Route, Study, StudyState, utcnow
 from db.session import transaction
 from dicom_node.assembly import Assembler
@@ -263,22 +263,31 @@ def test_routes_pick_their_instances_by_called_ae_calling_ae_and_modality(
     assert picked == {"dx-from-pacs": [dx], "sr-only": [sr]}
 
 
+def new_job(sessions: sessionmaker[Session]) -> int:
+    """A PENDING job over a freshly received study, on the only route."""
+    study_uid = generate_uid()
+    receive(sessions, study_uid)
+    with transaction(sessions) as session:
+        route = session.scalars(select(Route)).one()
+        study_id = session.scalars(
+            select(Study.id).where(Study.study_instance_uid == study_uid)
+        ).one()
+        job = create_job_if_new(
+            session=session, study_id=study_id, route=route, sop_instance_uids=["1.2.3"]
+        )
+        assert job is not None
+        return job.id
+
+
 def test_stalled_running_job_is_queued_again(
     sessions: sessionmaker[Session], producer: TaskProducer, broker: redis.Redis
 ) -> None:
     add_route(sessions, "chest")
     stalled_id, fresh_id = 0, 0
     for stale in (True, False):
-        study_uid = generate_uid()
-        receive(sessions, study_uid)
+        job_id = new_job(sessions)
         with transaction(sessions) as session:
-            route = session.scalars(select(Route)).one()
-            study_id = session.scalars(
-                select(Study.id).where(Study.study_instance_uid == study_uid)
-            ).one()
-            job = create_job_if_new(
-                session=session, study_id=study_id, route=route, sop_instance_uids=["1.2.3"]
-            )
+            job = session.get(Job, job_id)
             assert job is not None
             job.state = JobState.RUNNING
             age = 2 * REQUEUE_AFTER_S if stale else 1.0
@@ -346,3 +355,38 @@ def test_select_inputs_with_unknown_aes_matches_only_routes_without_ae_rules() -
     assert select_inputs(route(), facts) == ["1.1"]
     assert select_inputs(route(calling_ae="PACS"), facts) == []
     assert select_inputs(route(called_ae="RADLIGHT"), facts) == []
+
+
+def test_running_job_is_queued_again_only_when_its_lease_runs_out(
+    sessions: sessionmaker[Session], producer: TaskProducer, broker: redis.Redis
+) -> None:
+    """The lease, not the job's age, decides: a long job whose worker renews it is left alone."""
+    add_route(sessions, "chest")
+    ids: dict[str, int] = {}
+    for name, lease_left_s in (("dead", -1.0), ("alive", 30.0)):
+        ids[name] = new_job(sessions)
+        with transaction(sessions) as session:
+            assert claim_job(session=session, job_id=ids[name], worker=f"w-{name}", lease_s=60)
+        with transaction(sessions) as session:
+            job = session.get(Job, ids[name])
+            assert job is not None
+            # Both started long ago; only the dead one's worker stopped renewing.
+            job.updated_at = utcnow() - timedelta(seconds=2 * REQUEUE_AFTER_S)
+            job.lease_expires_at = utcnow() + timedelta(seconds=lease_left_s)
+
+    assert assembler(sessions, producer).dispatch() == 1
+
+    with sessions() as session:
+        dead, alive = session.get(Job, ids["dead"]), session.get(Job, ids["alive"])
+        assert dead is not None
+        assert alive is not None
+        assert dead.state is JobState.QUEUED
+        assert dead.lease_expires_at is None
+        assert dead.reason is not None
+        assert "worker w-dead lost its lease" in dead.reason
+        assert alive.state is JobState.RUNNING
+        with transaction(sessions) as tx:
+            # The dead worker cannot renew a lease it lost; the live one can.
+            assert not renew_lease(session=tx, job_id=dead.id, worker="w-dead", lease_s=60)
+            assert renew_lease(session=tx, job_id=alive.id, worker="w-alive", lease_s=60)
+    assert queued_job_ids(broker) == [ids["dead"]]

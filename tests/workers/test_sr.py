@@ -572,3 +572,44 @@ def test_the_workers_reasons_get_their_codes(sources: list[pydicom.Dataset]) -> 
     assert not_analysed_reason_code("multi-frame images are not supported") == UNSUPPORTED_IMAGE
     assert not_analysed_reason_code("the image size 10x10 is outside") == UNSUPPORTED_IMAGE
     assert not_analysed_reason_code("something else") == OTHER_REASON
+
+
+def test_amended_report_names_the_version_it_supersedes(
+    source: pydicom.Dataset, tmp_path: Path
+) -> None:
+    """A late instance's report: version 2 in its series description, and the first report in its
+    Predecessor Documents Sequence, still valid per dciodvfy."""
+    first = findings_report([image_findings(source)])
+    amended = build_findings_report(
+        images=[image_findings(source, offset=0.01)],
+        algorithm=ALGORITHM,
+        series_instance_uid=deterministic_uid("test-sr", "series", "v2"),
+        sop_instance_uid=deterministic_uid("test-sr", "v2"),
+        series_number=9902,
+        instance_number=1,
+        content_datetime=WHEN,
+        version=2,
+        amends=first,
+    )
+    data = to_bytes(amended)
+    written = read_strict(data)
+    assert "findings v2 (amended)" in written.SeriesDescription
+    assert radlight.NOT_FOR_PRIMARY_DIAGNOSIS.lower() in written.SeriesDescription.lower()
+    (study,) = written.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == source.StudyInstanceUID
+    (series,) = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    (instance,) = series.ReferencedSOPSequence
+    assert instance.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert "PredecessorDocumentsSequence" not in read_strict(to_bytes(first))
+    assert_dciodvfy_clean(data, tmp_path / "amended.dcm")
+    with pytest.raises(ValueError, match="starts at 1"):
+        build_findings_report(
+            images=[image_findings(source)],
+            algorithm=ALGORITHM,
+            series_instance_uid=deterministic_uid("test-sr", "series", "v0"),
+            sop_instance_uid=deterministic_uid("test-sr", "v0"),
+            series_number=9902,
+            instance_number=1,
+            version=0,
+        )

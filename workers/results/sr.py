@@ -368,8 +368,10 @@ def _document(
     series_description: str,
     equipment_description: str,
     when: datetime.datetime,
+    previous_versions: Sequence[pydicom.Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
-    """The Comprehensive SR around ``report``: PRELIMINARY, UNVERIFIED, local codes declared."""
+    """The Comprehensive SR around ``report``: PRELIMINARY, UNVERIFIED, local codes declared;
+    ``previous_versions`` go in its Predecessor Documents Sequence."""
     with tolerate_single_component_names():
         document = hd.sr.ComprehensiveSR(
             evidence=evidence,
@@ -402,6 +404,7 @@ def _document(
             software_versions=[algorithm.version, f"RadLight {algorithm.software_version}"],
             content_date=when.date(),
             content_time=when.time(),
+            previous_versions=list(previous_versions) or None,
         )
     stamp(document, when)
     return document
@@ -417,8 +420,15 @@ def build_findings_report(
     instance_number: int,
     evidence: Sequence[pydicom.Dataset] = (),
     content_datetime: datetime.datetime | None = None,
+    version: int = 1,
+    amends: pydicom.Dataset | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR (TID 1500) with each source image's findings (see the module docstring).
+
+    ``amends`` is the report of this study's previous version (an earlier job over fewer
+    instances, before a late arrival re-opened the study): it is listed in the Predecessor
+    Documents Sequence and the series description says ``version``, so a reader sees one report
+    that supersedes the other rather than two unrelated ones.
 
     Each finding gets its score, its present/absent evaluation at its threshold, and, when present
     and localised, a planar ROI with its region on the source. ``evidence`` (the job's SC, SEG and
@@ -501,10 +511,20 @@ def build_findings_report(
         sop_instance_uid=sop_instance_uid,
         series_number=series_number,
         instance_number=instance_number,
-        series_description=REPORT_SERIES_DESCRIPTION,
+        series_description=report_series_description(version),
         equipment_description="AI findings report",
         when=when,
+        previous_versions=[amends] if amends is not None else [],
     )
+
+
+def report_series_description(version: int) -> str:
+    """The findings report's series description; versions after the first say so."""
+    if version < 1:
+        raise ValueError(f"a report version starts at 1, not {version}")
+    if version == 1:
+        return REPORT_SERIES_DESCRIPTION
+    return REPORT_SERIES_DESCRIPTION.replace(" - ", f" v{version} (amended) - ", 1)
 
 
 def not_analysed_reason_code(reason: str) -> FindingCode:
