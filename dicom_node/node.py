@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import require_current_schema
 from db.session import make_engine, make_session_factory
 from dicom_node.assembly import Assembler, AssemblerThread
-from dicom_node.scp import StoreContext, handlers, make_ae
+from dicom_node.scp import StoreContext, handlers, make_ae, receive_into
 from dicom_node.store import InstanceStore
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
@@ -58,6 +58,8 @@ class DicomNode:
 
     def start(self) -> None:
         self.settings.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store.incoming_dir.mkdir(exist_ok=True)
+        receive_into(self.store.incoming_dir)
         ctx = StoreContext(
             store=self.store,
             sessions=self.sessions,

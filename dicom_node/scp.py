@@ -3,29 +3,40 @@
 A C-STORE answers Success only after the raw bytes are fsynced in the store and recorded in the
 database. Handlers never raise: every failure becomes a named status, a log line and, where the
 database is reachable, an IngestFailure row with the reason.
+
+Data sets are received in chunks straight to a file in the store's ``incoming/`` folder
+(pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), checked by reading their header only, then renamed
+into place: no Python code touches the pixel bytes. Accepted sockets get TCP_NODELAY (small
+responses are not held back by Nagle's algorithm) and, for several listener processes on one port,
+SO_REUSEPORT.
 """
 
 import logging
+import socket
 from dataclasses import dataclass
-from typing import Any, cast
+from pathlib import Path
+from tempfile import NamedTemporaryFile
+from typing import IO, Any, cast
 
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
     AllStoragePresentationContexts,
     _config,
+    dimse_messages,
     evt,
 )
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import ReceivedInstance, record_ingest_failure, record_instance
 from db.session import transaction
 from dicom_node.allow_list import CallingAEAllowList
-from dicom_node.headers import InstanceHeader, read_header
+from dicom_node.headers import InstanceHeader, read_header_file
 from dicom_node.status import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -52,6 +63,32 @@ logger = logging.getLogger(__name__)
 _config.LOG_HANDLER_LEVEL = "none"
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# Received data sets go to a file as they arrive, never into one bytes object (see the docstring).
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+
+class _Incoming:
+    """The folder pynetdicom's chunked receive writes to: the store's ``incoming/`` once a node
+    has started, so the finished file is renamed into place on the same file system."""
+
+    folder: Path | None = None
+
+
+def _incoming_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+    folder = _Incoming.folder
+    if folder is not None and folder.is_dir():
+        kwargs.setdefault("dir", folder)
+    return NamedTemporaryFile(*args, **kwargs)
+
+
+dimse_messages.NamedTemporaryFile = _incoming_file  # type: ignore[attr-defined,assignment]
+
+
+def receive_into(folder: Path) -> None:
+    """Make chunked receive write into ``folder`` (create it first); process-wide, as pynetdicom's
+    configuration is. A node whose folder is not the current one still works: it copies."""
+    _Incoming.folder = folder
+
 
 RECORD_ATTEMPTS = 3
 # A-ASSOCIATE-RJ fields (PS3.8 9.3.4): rejected-transient, by the service user, no reason given.
@@ -89,12 +126,13 @@ def _refuse(
     calling_ae: str,
     request_sop_class: str | None,
     request_sop_instance: str | None,
-    encoded: bytes | None,
+    received: Path | None,
 ) -> int:
-    """Record a refusal (bytes kept in quarantine) and return its status; never raises."""
+    """Record a refusal (the received file kept in quarantine) and return its status; never
+    raises."""
     quarantine = None
-    if encoded is not None and status != STATUS_OUT_OF_RESOURCES_TOO_LARGE:
-        quarantine = ctx.store.quarantine(encoded, reason_code=f"{status:04X}")
+    if received is not None and status != STATUS_OUT_OF_RESOURCES_TOO_LARGE:
+        quarantine = ctx.store.quarantine_file(received, reason_code=f"{status:04X}")
     logger.warning("refused C-STORE with status 0x%04X: %s", status, reason)
     try:
         with transaction(ctx.sessions) as session:
@@ -125,35 +163,36 @@ def _record(ctx: StoreContext, received: ReceivedInstance) -> None:
 
 
 def handle_store(event: Event, ctx: StoreContext) -> int:
-    """Persist, record, answer. Runs on the association's thread: no model, no network."""
+    """Check, persist, record, answer. Runs on the association's thread: no model, no network."""
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     called_ae = str(event.assoc.acceptor.ae_title).strip()
     request = cast(C_STORE, event.request)
     sop_class = str(request.AffectedSOPClassUID or "")
     sop_instance = str(request.AffectedSOPInstanceUID or "")
     with log_context(calling_ae=calling_ae, sop_instance_uid=sop_instance):
-        encoded: bytes | None = None
+        received: Path | None = None
         try:
-            encoded = event.encoded_dataset(include_meta=True)
-            if len(encoded) > ctx.max_instance_bytes:
+            received = event.dataset_path
+            size = received.stat().st_size
+            if size > ctx.max_instance_bytes:
                 return _refuse(
                     ctx,
                     status=STATUS_OUT_OF_RESOURCES_TOO_LARGE,
-                    reason=f"instance of {len(encoded)} bytes exceeds the limit of "
+                    reason=f"instance of {size} bytes exceeds the limit of "
                     f"{ctx.max_instance_bytes}",
                     calling_ae=calling_ae,
                     request_sop_class=sop_class,
                     request_sop_instance=sop_instance,
-                    encoded=None,
+                    received=None,
                 )
-            header = read_header(
-                encoded, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
+            header = read_header_file(
+                received, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
             )
-            stored = ctx.store.write(
+            stored = ctx.store.adopt(
+                received,
                 ctx.store.instance_path(
                     header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
                 ),
-                encoded,
             )
             _record(ctx, _received(header, stored, calling_ae, called_ae))
         except InvalidInstanceError as exc:
@@ -164,7 +203,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                 calling_ae=calling_ae,
                 request_sop_class=sop_class,
                 request_sop_instance=sop_instance,
-                encoded=encoded,
+                received=received,
             )
         except StoreFullError as exc:
             logger.error("store full: %s", exc)
@@ -178,18 +217,18 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                 calling_ae=calling_ae,
                 request_sop_class=sop_class,
                 request_sop_instance=sop_instance,
-                encoded=None,
+                received=None,
             )
         except Exception as exc:
             logger.exception("unexpected error in the C-STORE handler")
             return _refuse(
                 ctx,
-                status=STATUS_CANNOT_UNDERSTAND if encoded is None else STATUS_PROCESSING_FAILURE,
+                status=STATUS_CANNOT_UNDERSTAND if received is None else STATUS_PROCESSING_FAILURE,
                 reason=f"unexpected {type(exc).__name__}: {exc}",
                 calling_ae=calling_ae,
                 request_sop_class=sop_class,
                 request_sop_instance=sop_instance,
-                encoded=encoded,
+                received=received,
             )
         logger.info("stored instance (%d bytes)", stored.size_bytes)
         return STATUS_SUCCESS
@@ -224,9 +263,18 @@ class NodeAE(AE):
     the live :class:`CallingAEAllowList`, refreshed by :func:`handle_association_request` first.
     """
 
-    def __init__(self, ae_title: str, calling_aes: CallingAEAllowList) -> None:
+    def __init__(
+        self, ae_title: str, calling_aes: CallingAEAllowList, *, reuse_port: bool = False
+    ) -> None:
         super().__init__(ae_title=ae_title)
         self.calling_aes = calling_aes
+        self.reuse_port = reuse_port
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        """pynetdicom's threaded server, with :class:`NodeServer`'s socket options."""
+        if kwargs.get("server_class") in (None, ThreadedAssociationServer):
+            kwargs["server_class"] = NodeServer
+        return super().make_server(*args, **kwargs)
 
     @property
     def require_calling_aet(self) -> list[str]:
@@ -235,6 +283,21 @@ class NodeAE(AE):
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:
         self.calling_aes.configured = ae_titles
+
+
+class NodeServer(ThreadedAssociationServer):
+    """Sets TCP_NODELAY on every accepted socket, and SO_REUSEPORT if the AE asks for it, so
+    that several node processes can listen on one port and the kernel spreads associations."""
+
+    def server_bind(self) -> None:
+        if getattr(self.ae, "reuse_port", False):
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
 
 
 def handle_association_request(event: Event, ctx: StoreContext) -> None:
@@ -251,7 +314,11 @@ def handle_association_request(event: Event, ctx: StoreContext) -> None:
 
 def make_ae(settings: Settings) -> NodeAE:
     """The node's AE: every storage SOP class in every transfer syntax, plus Verification."""
-    ae = NodeAE(settings.ae_title, CallingAEAllowList(settings.allowed_calling_aes))
+    ae = NodeAE(
+        settings.ae_title,
+        CallingAEAllowList(settings.allowed_calling_aes),
+        reuse_port=settings.dicom_listeners > 1,
+    )
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.dimse_timeout = settings.dimse_timeout_s

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     max_instance_bytes: int = Field(default=2 * 1024**3, gt=0)
+    dicom_listeners: int = Field(
+        default=1, ge=1, le=64, description="Node processes sharing the DICOM port (SO_REUSEPORT)."
+    )
 
     study_quiet_seconds: float = Field(default=5.0, ge=0, description="Study is complete after.")
     assembler_interval_s: float = Field(default=1.0, gt=0)
