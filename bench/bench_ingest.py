@@ -131,7 +131,7 @@ def send(port: int, files: Sequence[Path], senders: int, max_pdu: int) -> float:
 
 
 @contextlib.contextmanager
-def storescp(workdir: Path, max_pdu: int, fsync: bool) -> Iterator[int]:
+def storescp(workdir: Path, max_pdu: int, fsync: bool) -> Iterator["Receiver"]:
     """dcmtk's storescp writing every instance to ``workdir/out`` (fsync: `sync FILE` per file)."""
     out = workdir / "out"
     out.mkdir()
@@ -151,14 +151,17 @@ def storescp(workdir: Path, max_pdu: int, fsync: bool) -> Iterator[int]:
         )
     try:
         wait_ready(process, port, log)
-        yield port
+        yield Receiver(port, process.pid)
     finally:
         stop_process(process)
 
 
 @contextlib.contextmanager
-def radlight_node(workdir: Path, max_pdu: int, backend: str) -> Iterator[int]:
-    """The real `radlight dicom-node` process with its store and a fresh database."""
+def radlight_node(
+    workdir: Path, max_pdu: int, backend: str, tree: Path = REPO
+) -> Iterator["Receiver"]:
+    """The real `radlight dicom-node` process (code from ``tree``) with its store and a fresh
+    database."""
     from db.migrate import upgrade
 
     port = free_port()
@@ -170,7 +173,7 @@ def radlight_node(workdir: Path, max_pdu: int, backend: str) -> Iterator[int]:
         upgrade(url)
         env = dict(
             dicom_env(),
-            PYTHONPATH=str(REPO),
+            PYTHONPATH=str(tree),
             RADLIGHT_DATA_DIR=str(workdir / "data"),
             RADLIGHT_DATABASE_URL=url,
             RADLIGHT_DICOM_HOST="127.0.0.1",
@@ -191,9 +194,29 @@ def radlight_node(workdir: Path, max_pdu: int, backend: str) -> Iterator[int]:
             )
         try:
             wait_ready(process, port, log)
-            yield port
+            yield Receiver(port, process.pid)
         finally:
             stop_process(process)
+
+
+@dataclass(frozen=True)
+class Receiver:
+    port: int
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the receiver and its live child processes, from /proc."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, ppid = int(stat.parent.name), int(fields[1])
+            if pid == self.pid or ppid == self.pid:
+                total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
 
 
 def count_files(folder: Path) -> int:
@@ -204,6 +227,7 @@ def count_files(folder: Path) -> int:
 class Series:
     label: str
     rates: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # receiver CPU per instance
 
     @property
     def median(self) -> float:
@@ -211,23 +235,32 @@ class Series:
 
 
 def run_round(
-    receiver: str, files: Sequence[Path], senders: int, max_pdu: int, scratch: Path
-) -> float:
+    receiver: str,
+    files: Sequence[Path],
+    senders: int,
+    max_pdu: int,
+    scratch: Path,
+    trees: dict[str, Path],
+) -> tuple[float, float]:
+    """Instances/s and the receiver's CPU milliseconds per instance for one round."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{receiver}-", dir=scratch))
     try:
         if receiver.startswith("storescp"):
             server = storescp(workdir, max_pdu, fsync=receiver == "storescp+fsync")
         else:
-            server = radlight_node(workdir, max_pdu, receiver.removeprefix("radlight-"))
-        with server as port:
-            elapsed = send(port, files, senders, max_pdu)
+            label, backend = receiver.rsplit("-", 1)
+            server = radlight_node(workdir, max_pdu, backend, trees.get(label, REPO))
+        with server as receiver_process:
+            cpu_before = receiver_process.cpu_seconds()
+            elapsed = send(receiver_process.port, files, senders, max_pdu)
+            cpu = receiver_process.cpu_seconds() - cpu_before
             kept = workdir / "out" if receiver.startswith("storescp") else workdir / "data/store"
             received = count_files(kept / "instances" if kept.name == "store" else kept)
         if received != len(files):
             log = next(workdir.glob("*.log"), None)
             detail = log.read_text()[-3000:] if log else ""
             raise RuntimeError(f"{receiver} kept {received} of {len(files)} instances\n{detail}")
-        return len(files) / elapsed
+        return len(files) / elapsed, cpu * 1000 / len(files)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -248,8 +281,19 @@ def main() -> int:
         default="storescp,storescp+fsync,radlight-sqlite,radlight-postgresql",
         help="comma-separated: storescp, storescp+fsync, radlight-sqlite, radlight-postgresql",
     )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="also run the node from another checkout (before/after), as LABEL-sqlite and "
+        "LABEL-postgresql, e.g. --tree before=/tmp/radlight-main",
+    )
     args = parser.parse_args()
     receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
+    trees = {label: Path(path).resolve() for label, path in (t.split("=", 1) for t in args.tree)}
+    for label in trees:
+        receivers += [f"{label}-sqlite", f"{label}-postgresql"]
     sources = sorted(assets_dicom().glob("*.dcm"))
     if not sources:
         print(f"no DICOM files in {assets_dicom()}; set RADLIGHT_ASSETS", file=sys.stderr)
@@ -262,7 +306,10 @@ def main() -> int:
     )
     references = [r for r in receivers if r.startswith("storescp")]
     header = ["size", "senders", *(f"{r} inst/s" for r in receivers)]
-    header += [f"{r}/{ref}" for r in receivers if r.startswith("radlight") for ref in references]
+    header += [
+        f"{r}/{ref}" for r in receivers if not r.startswith("storescp") for ref in references
+    ]
+    header += [f"{r} CPU ms/inst" for r in receivers]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -273,15 +320,19 @@ def main() -> int:
                 series = {r: Series(r) for r in receivers}
                 for _ in range(args.repeats):
                     for receiver in receivers:
-                        rate = run_round(receiver, files, senders, args.max_pdu, scratch)
+                        rate, cpu_ms = run_round(
+                            receiver, files, senders, args.max_pdu, scratch, trees
+                        )
                         series[receiver].rates.append(rate)
+                        series[receiver].cpu_ms.append(cpu_ms)
                 row = [str(size), str(senders), *(f"{series[r].median:.1f}" for r in receivers)]
                 row += [
                     f"{series[r].median / series[ref].median:.2f}"
                     for r in receivers
-                    if r.startswith("radlight")
+                    if not r.startswith("storescp")
                     for ref in references
                 ]
+                row += [f"{statistics.median(series[r].cpu_ms):.1f}" for r in receivers]
                 print("| " + " | ".join(row) + " |", flush=True)
             shutil.rmtree(scratch / f"src-{size}")
     return 0

@@ -29,7 +29,7 @@ from pynetdicom import (
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -271,9 +271,11 @@ class NodeAE(AE):
         self.reuse_port = reuse_port
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
-        """pynetdicom's threaded server, with :class:`NodeServer`'s socket options."""
+        """pynetdicom's threaded server, with :class:`NodeServer`'s socket options and
+        :class:`NodeSocket`'s reads."""
         if kwargs.get("server_class") in (None, ThreadedAssociationServer):
             kwargs["server_class"] = NodeServer
+        kwargs.setdefault("request_handler", NodeRequestHandler)
         return super().make_server(*args, **kwargs)
 
     @property
@@ -298,6 +300,34 @@ class NodeServer(ThreadedAssociationServer):
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+
+class NodeSocket(AssociationSocket):
+    """Reads each PDU straight into one buffer in as few system calls as the kernel allows;
+    pynetdicom reads 4 KiB at a time and appends, some 2,000 Python steps per 8 MB image."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        read = 0
+        with memoryview(buffer) as view:
+            while read < nr_bytes:
+                count = sock.recv_into(view[read:])
+                if not count:  # connection closed: the caller sees the short read
+                    break
+                read += count
+        if read < nr_bytes:
+            del buffer[read:]
+        return buffer
+
+
+class NodeRequestHandler(RequestHandler):
+    """pynetdicom's handler for an accepted connection, reading through :class:`NodeSocket`."""
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        assoc.dul.socket.__class__ = NodeSocket
+        return assoc
 
 
 def handle_association_request(event: Event, ctx: StoreContext) -> None:
