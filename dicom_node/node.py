@@ -18,12 +18,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import require_current_schema
 from db.session import make_engine, make_session_factory
 from dicom_node.assembly import Assembler, AssemblerThread
-from dicom_node.scp import StoreContext, handlers, make_ae, receive_into
+from dicom_node.incoming import receive_into
+from dicom_node.scp import StoreContext, handlers, make_ae
 from dicom_node.store import InstanceStore
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# A receive in progress writes its file at least every network timeout; an older one was left by
+# a node that died mid-transfer (other listener processes may be receiving into the same folder).
+STALE_INCOMING_S = 3600.0
 
 
 def _make_assembler(
@@ -59,6 +64,7 @@ class DicomNode:
     def start(self) -> None:
         self.settings.store_dir.mkdir(parents=True, exist_ok=True)
         self.store.incoming_dir.mkdir(exist_ok=True)
+        self.store.discard_stale_incoming(STALE_INCOMING_S)
         receive_into(self.store.incoming_dir)
         ctx = StoreContext(
             store=self.store,

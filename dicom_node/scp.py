@@ -11,23 +11,23 @@ responses are not held back by Nagle's algorithm) and, for several listener proc
 SO_REUSEPORT.
 """
 
+import copy
 import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import NamedTemporaryFile
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
     AllStoragePresentationContexts,
     _config,
-    dimse_messages,
     evt,
 )
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -37,6 +37,7 @@ from db.ingest import ReceivedInstance, record_ingest_failure, record_instance
 from db.session import transaction
 from dicom_node.allow_list import CallingAEAllowList
 from dicom_node.headers import InstanceHeader, read_header_file
+from dicom_node.incoming import sha256_of
 from dicom_node.status import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -65,29 +66,6 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 # Received data sets go to a file as they arrive, never into one bytes object (see the docstring).
 _config.STORE_RECV_CHUNKED_DATASET = True
-
-
-class _Incoming:
-    """The folder pynetdicom's chunked receive writes to: the store's ``incoming/`` once a node
-    has started, so the finished file is renamed into place on the same file system."""
-
-    folder: Path | None = None
-
-
-def _incoming_file(*args: Any, **kwargs: Any) -> IO[bytes]:
-    folder = _Incoming.folder
-    if folder is not None and folder.is_dir():
-        kwargs.setdefault("dir", folder)
-    return NamedTemporaryFile(*args, **kwargs)
-
-
-dimse_messages.NamedTemporaryFile = _incoming_file  # type: ignore[attr-defined,assignment]
-
-
-def receive_into(folder: Path) -> None:
-    """Make chunked receive write into ``folder`` (create it first); process-wide, as pynetdicom's
-    configuration is. A node whose folder is not the current one still works: it copies."""
-    _Incoming.folder = folder
 
 
 RECORD_ATTEMPTS = 3
@@ -193,6 +171,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                 ctx.store.instance_path(
                     header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
                 ),
+                sha256=sha256_of(received),
             )
             _record(ctx, _received(header, stored, calling_ae, called_ae))
         except InvalidInstanceError as exc:
@@ -287,9 +266,27 @@ class NodeAE(AE):
         self.calling_aes.configured = ae_titles
 
 
+class _Contexts(list[PresentationContext]):
+    """The supported contexts, copied for each association without ``copy.deepcopy``: pynetdicom
+    deep-copies them per association, 80 ms of CPU for ~170 SOP classes x 45 syntaxes. Their
+    values are strings and UIDs (immutable), so a copy of each context and its list suffices."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            duplicate = copy.copy(context)
+            duplicate._transfer_syntax = list(context._transfer_syntax)
+            copies.append(duplicate)
+        return copies
+
+
 class NodeServer(ThreadedAssociationServer):
     """Sets TCP_NODELAY on every accepted socket, and SO_REUSEPORT if the AE asks for it, so
     that several node processes can listen on one port and the kernel spreads associations."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.contexts = _Contexts(self.contexts)
 
     def server_bind(self) -> None:
         if getattr(self.ae, "reuse_port", False):

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +39,11 @@ def _store_errors() -> Iterator[None]:
         raise StoreError(f"could not write to the store: {exc.strerror}") from exc
 
 
-def _file_facts(path: Path) -> tuple[int, str]:
-    """Size and sha256 of a file, made durable on the way (fsync works on a read-only handle)."""
+def _file_facts(path: Path, sha256: str | None) -> tuple[int, str]:
+    """Size and sha256 (unless known) of a file, made durable on the way (fsync works on a
+    read-only handle)."""
     with path.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = sha256 or hashlib.file_digest(handle, "sha256").hexdigest()
         os.fsync(handle.fileno())
         return os.fstat(handle.fileno()).st_size, digest
 
@@ -84,6 +86,17 @@ class InstanceStore:
         """Where the SCP receives files before adopting them: inside the store, so on its disk."""
         return self.root / "incoming"
 
+    def discard_stale_incoming(self, older_than_s: float) -> int:
+        """Delete partial receives left in ``incoming/`` by a process that died; returns how many."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.incoming_dir.glob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def write(self, relative_path: str, data: bytes) -> StoredFile:
         """Write ``data`` atomically and durably; an existing file is replaced whole."""
         target = self.absolute(relative_path)
@@ -95,14 +108,15 @@ class InstanceStore:
             sha256=hashlib.sha256(data).hexdigest(),
         )
 
-    def adopt(self, source: Path, relative_path: str) -> StoredFile:
+    def adopt(self, source: Path, relative_path: str, *, sha256: str | None = None) -> StoredFile:
         """Move a complete received file into place durably (fsync, rename, fsync folder).
 
-        A file on another file system (the receiver's temp folder elsewhere) is copied instead.
+        ``sha256``, if the receiver hashed the file as it arrived, saves reading it again. A file
+        on another file system (the receiver's temp folder elsewhere) is copied instead.
         """
         target = self.absolute(relative_path)
         with _store_errors():
-            size, digest = _file_facts(source)
+            size, digest = _file_facts(source, sha256)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.replace(source, target)
