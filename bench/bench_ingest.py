@@ -87,12 +87,20 @@ def make_instances(source: Path, size: int, count: int, folder: Path) -> list[Pa
     return paths
 
 
-def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+def listening_sockets(port: int) -> int:
+    """Sockets listening on ``port`` (several with SO_REUSEPORT), from /proc/net/tcp."""
+    local = f":{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(local) and line.split()[3] == "0A")
+
+
+def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path, listeners: int = 1) -> None:
+    """Until every listener process is up and the node answers C-ECHO."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"receiver exited {process.returncode}:\n{log.read_text()}")
-        if echo_ok(port, AE_TITLE):
+        if listening_sockets(port) >= listeners and echo_ok(port, AE_TITLE):
             return
         time.sleep(0.2)
     raise RuntimeError(f"receiver on port {port} did not answer C-ECHO:\n{log.read_text()}")
@@ -158,7 +166,7 @@ def storescp(workdir: Path, max_pdu: int, fsync: bool) -> Iterator["Receiver"]:
 
 @contextlib.contextmanager
 def radlight_node(
-    workdir: Path, max_pdu: int, backend: str, tree: Path = REPO
+    workdir: Path, max_pdu: int, backend: str, tree: Path = REPO, listeners: int = 1
 ) -> Iterator["Receiver"]:
     """The real `radlight dicom-node` process (code from ``tree``) with its store and a fresh
     database."""
@@ -182,6 +190,7 @@ def radlight_node(
             RADLIGHT_MAX_PDU_SIZE=str(max_pdu),
             RADLIGHT_STUDY_QUIET_SECONDS="3600",  # ingest only: nothing is routed meanwhile
             RADLIGHT_LOG_LEVEL="WARNING",
+            RADLIGHT_DICOM_LISTENERS=str(listeners),
         )
         log = workdir / "radlight.log"
         with log.open("wb") as handle:
@@ -193,7 +202,7 @@ def radlight_node(
                 cwd=workdir,
             )
         try:
-            wait_ready(process, port, log)
+            wait_ready(process, port, log, listeners)
             yield Receiver(port, process.pid)
         finally:
             stop_process(process)
@@ -241,6 +250,7 @@ def run_round(
     max_pdu: int,
     scratch: Path,
     trees: dict[str, Path],
+    listeners: int,
 ) -> tuple[float, float]:
     """Instances/s and the receiver's CPU milliseconds per instance for one round."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{receiver}-", dir=scratch))
@@ -249,7 +259,7 @@ def run_round(
             server = storescp(workdir, max_pdu, fsync=receiver == "storescp+fsync")
         else:
             label, backend = receiver.rsplit("-", 1)
-            server = radlight_node(workdir, max_pdu, backend, trees.get(label, REPO))
+            server = radlight_node(workdir, max_pdu, backend, trees.get(label, REPO), listeners)
         with server as receiver_process:
             cpu_before = receiver_process.cpu_seconds()
             elapsed = send(receiver_process.port, files, senders, max_pdu)
@@ -282,6 +292,9 @@ def main() -> int:
         help="comma-separated: storescp, storescp+fsync, radlight-sqlite, radlight-postgresql",
     )
     parser.add_argument(
+        "--listeners", type=int, default=1, help="RadLight node processes on the port"
+    )
+    parser.add_argument(
         "--tree",
         action="append",
         default=[],
@@ -302,6 +315,7 @@ def main() -> int:
     print(
         f"# ingest: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"{args.instances} instances, max PDU {args.max_pdu}, medians of {args.repeats}, "
+        f"RadLight listener processes {args.listeners}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     references = [r for r in receivers if r.startswith("storescp")]
@@ -321,7 +335,7 @@ def main() -> int:
                 for _ in range(args.repeats):
                     for receiver in receivers:
                         rate, cpu_ms = run_round(
-                            receiver, files, senders, args.max_pdu, scratch, trees
+                            receiver, files, senders, args.max_pdu, scratch, trees, args.listeners
                         )
                         series[receiver].rates.append(rate)
                         series[receiver].cpu_ms.append(cpu_ms)

@@ -79,7 +79,7 @@ def _check_element_lengths(ds: Dataset, total_bytes: int) -> None:
 
 def _value_length(ds: Dataset, keyword: str) -> int:
     """The length of a value without reading it (it may have been skipped)."""
-    elem = ds.get_item(keyword)
+    elem = ds.get_item(keyword, keep_deferred=True)
     if isinstance(elem, RawDataElement):
         return int(elem.length)
     return len(ds[keyword].value)
