@@ -17,6 +17,7 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -303,6 +304,8 @@ def main() -> int:
         "LABEL-postgresql, e.g. --tree before=/tmp/radlight-main",
     )
     args = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C, so receivers, folders and databases are cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
     trees = {label: Path(path).resolve() for label, path in (t.split("=", 1) for t in args.tree)}
     for label in trees:

@@ -14,6 +14,7 @@ SO_REUSEPORT.
 import copy
 import logging
 import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +27,10 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -69,6 +73,7 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 RECORD_ATTEMPTS = 3
+_P_DATA_TF_TYPE = b"\x04"
 # A-ASSOCIATE-RJ fields (PS3.8 9.3.4): rejected-transient, by the service user, no reason given.
 ASSOCIATION_REJECTED_TRANSIENT = 0x02
 REJECT_SOURCE_SERVICE_USER = 0x01
@@ -318,12 +323,53 @@ class NodeSocket(AssociationSocket):
         return buffer
 
 
+class _ReceivedPData(P_DATA_TF):
+    """A received P-DATA-TF whose fragments are views of the received PDU, not copies."""
+
+    def __init__(self, primitive: P_DATA) -> None:
+        super().__init__()
+        self._primitive = primitive
+
+    def to_primitive(self) -> P_DATA:
+        return self._primitive
+
+
+def _p_data_views(pdu: memoryview) -> P_DATA:
+    """The (context id, fragment) list of a P-DATA-TF PDU, each fragment a view into ``pdu``."""
+    fragments = []
+    offset, end = 6, len(pdu)
+    while offset < end:
+        if offset + 6 > end:
+            raise ValueError("P-DATA-TF item header runs past the PDU")
+        (length,) = struct.unpack_from(">L", pdu, offset)
+        if length < 2 or offset + 4 + length > end:
+            raise ValueError(f"P-DATA-TF item of {length} bytes does not fit the PDU")
+        fragments.append([pdu[offset + 4], pdu[offset + 5 : offset + 4 + length]])
+        offset += 4 + length
+    primitive = P_DATA()
+    # The public setter insists on bytes; the DIMSE decoder only indexes, slices and writes them.
+    primitive._presentation_data_value_list = fragments  # type: ignore[assignment]
+    return primitive
+
+
+class NodeDUL(DULServiceProvider):
+    """pynetdicom's upper layer, decoding P-DATA-TF PDUs without copying their data: pynetdicom
+    copies each fragment three times (bytes(), the item decoder, the DIMSE slice) before writing."""
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        if bytestream[:1] != _P_DATA_TF_TYPE:
+            return cast(tuple[Any, str], super()._decode_pdu(bytestream))
+        return _ReceivedPData(_p_data_views(memoryview(bytestream))), "Evt10"
+
+
 class NodeRequestHandler(RequestHandler):
-    """pynetdicom's handler for an accepted connection, reading through :class:`NodeSocket`."""
+    """pynetdicom's handler for an accepted connection, reading through :class:`NodeSocket`
+    and :class:`NodeDUL`."""
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = NodeSocket
+        assoc.dul.__class__ = NodeDUL
         return assoc
 
 

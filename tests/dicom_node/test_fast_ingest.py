@@ -4,6 +4,7 @@ several listener processes on one port. Speed itself is measured in bench/bench_
 import hashlib
 import os
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from db.models import Instance
 from db.session import make_engine
 from dicom_node.headers import read_header_file
 from dicom_node.node import DicomNode
+from dicom_node.scp import _p_data_views
 from dicom_node.store import InstanceStore
 from radlight.errors import MalformedInstanceError
 from tests.peers import dicom_env, echo_ok, free_port, radlight_service, storescu, wait_for
@@ -87,6 +89,18 @@ def test_header_check_reads_the_header_not_the_pixel_data(
         read_header_file(
             truncated, expected_sop_class_uid=DX, expected_sop_instance_uid=ds.SOPInstanceUID
         )
+
+
+def test_p_data_pdus_are_split_into_views_and_malformed_ones_refused() -> None:
+    fragments = [(1, b"\x02" + b"pixel" * 100), (3, b"\x03command")]
+    items = b"".join(
+        struct.pack(">LB", len(value) + 1, context) + value for context, value in fragments
+    )
+    pdu = bytearray(struct.pack(">BBL", 4, 0, len(items)) + items)
+    decoded = _p_data_views(memoryview(pdu))
+    assert [(c, bytes(v)) for c, v in decoded.presentation_data_value_list] == fragments
+    with pytest.raises(ValueError, match="does not fit"):
+        _p_data_views(memoryview(pdu[:-1]))
 
 
 def test_adopting_a_file_from_another_file_system_copies_it(tmp_path: Path) -> None:
