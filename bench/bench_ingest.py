@@ -260,7 +260,11 @@ def run_round(
             server = storescp(workdir, max_pdu, fsync=receiver == "storescp+fsync")
         else:
             label, backend = receiver.rsplit("-", 1)
-            server = radlight_node(workdir, max_pdu, backend, trees.get(label, REPO), listeners)
+            # --listeners applies to this checkout; another (--tree) runs as its code allows.
+            tree = trees.get(label, REPO)
+            server = radlight_node(
+                workdir, max_pdu, backend, tree, listeners if tree == REPO else 1
+            )
         with server as receiver_process:
             cpu_before = receiver_process.cpu_seconds()
             elapsed = send(receiver_process.port, files, senders, max_pdu)
