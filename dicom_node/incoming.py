@@ -53,15 +53,24 @@ class IncomingFile:
         self.file = os.fdopen(fd, "wb", buffering=0)  # every write reaches the kernel at once
         self.digest = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # a failed write (disk full): the rest is not written
         self._written_back = 0
         with _Registry.lock:
             _Registry.files[self.name] = self
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append a fragment; an OSError is kept for the C-STORE handler to answer (0xA700 for a
+        full disk) instead of raised into pynetdicom, which would abort the association."""
         view = memoryview(data)
         total = len(view)
-        while view:
-            view = view[self.file.write(view) or 0 :]
+        if self.error is not None:
+            return total
+        try:
+            while view:
+                view = view[self.file.write(view) or 0 :]
+        except OSError as exc:
+            self.error = exc
+            return total
         self.digest.update(data)
         self.size += total
         pending = self.size - self._written_back
@@ -93,8 +102,7 @@ def receive_into(folder: Path) -> None:
     _Registry.folder = folder
 
 
-def sha256_of(path: Path) -> str | None:
-    """The sha256 of a file still being received here, from what was written; None if unknown."""
+def received_file(path: Path) -> IncomingFile | None:
+    """The :class:`IncomingFile` that received ``path`` (until pynetdicom closes it), if any."""
     with _Registry.lock:
-        incoming = _Registry.files.get(str(path))
-    return None if incoming is None else incoming.digest.hexdigest()
+        return _Registry.files.get(str(path))

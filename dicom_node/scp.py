@@ -12,6 +12,7 @@ SO_REUSEPORT.
 """
 
 import copy
+import errno
 import logging
 import socket
 import struct
@@ -41,7 +42,7 @@ from db.ingest import ReceivedInstance, record_ingest_failure, record_instance
 from db.session import transaction
 from dicom_node.allow_list import CallingAEAllowList
 from dicom_node.headers import InstanceHeader, read_header_file
-from dicom_node.incoming import sha256_of
+from dicom_node.incoming import received_file
 from dicom_node.status import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -156,6 +157,9 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
         received: Path | None = None
         try:
             received = event.dataset_path
+            incoming = received_file(received)
+            if incoming is not None and incoming.error is not None:
+                raise incoming.error
             size = received.stat().st_size
             if size > ctx.max_instance_bytes:
                 return _refuse(
@@ -176,7 +180,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                 ctx.store.instance_path(
                     header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
                 ),
-                sha256=sha256_of(received),
+                sha256=None if incoming is None else incoming.digest.hexdigest(),
             )
             _record(ctx, _received(header, stored, calling_ae, called_ae))
         except InvalidInstanceError as exc:
@@ -192,6 +196,19 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
         except StoreFullError as exc:
             logger.error("store full: %s", exc)
             return STATUS_OUT_OF_RESOURCES
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                logger.error("store full while receiving: %s", exc.strerror)
+                return STATUS_OUT_OF_RESOURCES
+            return _refuse(
+                ctx,
+                status=STATUS_PROCESSING_FAILURE,
+                reason=f"could not receive the instance to disk: {exc.strerror}",
+                calling_ae=calling_ae,
+                request_sop_class=sop_class,
+                request_sop_instance=sop_instance,
+                received=None,
+            )
         except (StoreError, SQLAlchemyError) as exc:
             logger.exception("could not persist the instance")
             return _refuse(

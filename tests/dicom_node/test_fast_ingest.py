@@ -19,8 +19,10 @@ from db.migrate import upgrade
 from db.models import Instance
 from db.session import make_engine
 from dicom_node.headers import read_header_file
+from dicom_node.incoming import IncomingFile
 from dicom_node.node import DicomNode
 from dicom_node.scp import _p_data_views
+from dicom_node.status import STATUS_OUT_OF_RESOURCES
 from dicom_node.store import InstanceStore
 from radlight.errors import MalformedInstanceError
 from tests.peers import dicom_env, echo_ok, free_port, radlight_service, storescu, wait_for
@@ -187,3 +189,32 @@ def test_several_listener_processes_share_the_port(
     finally:
         engine.dispose()
     assert uids == {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+
+
+def test_a_full_disk_while_receiving_answers_out_of_resources(
+    node: DicomNode, real_dicom_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills up mid-transfer (here /dev/full, which fails every write with ENOSPC)
+    gets 0xA700 on the wire, not an aborted association; the node then goes on."""
+    original_write = IncomingFile.write
+
+    def write_to_full_disk(self: IncomingFile, data: bytes | bytearray | memoryview) -> int:
+        if self.file.name != "/dev/full":
+            self.file.close()
+            self.file = open("/dev/full", "wb", buffering=0)  # noqa: SIM115 - closed by close()
+        return original_write(self, data)
+
+    monkeypatch.setattr(IncomingFile, "write", write_to_full_disk)
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(pydicom.dcmread(real_dicom_files[0]).SOPClassUID)
+    assoc = ae.associate("127.0.0.1", node.settings.dicom_port, ae_title="RADLIGHT")
+    assert assoc.is_established
+    try:
+        response = assoc.send_c_store(pydicom.dcmread(real_dicom_files[0]))
+        assert int(response.Status) == STATUS_OUT_OF_RESOURCES
+    finally:
+        assoc.release()
+    monkeypatch.undo()
+    assert storescu(node.settings.dicom_port, real_dicom_files[1]).returncode == 0
+    with node.sessions() as session:
+        assert len(session.scalars(select(Instance)).all()) == 1
