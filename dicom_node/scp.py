@@ -153,6 +153,18 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
     request = cast(C_STORE, event.request)
     sop_class = str(request.AffectedSOPClassUID or "")
     sop_instance = str(request.AffectedSOPInstanceUID or "")
+
+    def refuse(status: int, reason: str, kept: Path | None) -> int:
+        return _refuse(
+            ctx,
+            status=status,
+            reason=reason,
+            calling_ae=calling_ae,
+            request_sop_class=sop_class,
+            request_sop_instance=sop_instance,
+            received=kept,
+        )
+
     with log_context(calling_ae=calling_ae, sop_instance_uid=sop_instance):
         received: Path | None = None
         try:
@@ -162,15 +174,10 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                 raise incoming.error
             size = received.stat().st_size
             if size > ctx.max_instance_bytes:
-                return _refuse(
-                    ctx,
-                    status=STATUS_OUT_OF_RESOURCES_TOO_LARGE,
-                    reason=f"instance of {size} bytes exceeds the limit of "
-                    f"{ctx.max_instance_bytes}",
-                    calling_ae=calling_ae,
-                    request_sop_class=sop_class,
-                    request_sop_instance=sop_instance,
-                    received=None,
+                return refuse(
+                    STATUS_OUT_OF_RESOURCES_TOO_LARGE,
+                    f"instance of {size} bytes exceeds the limit of {ctx.max_instance_bytes}",
+                    None,
                 )
             header = read_header_file(
                 received, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
@@ -184,15 +191,7 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
             )
             _record(ctx, _received(header, stored, calling_ae, called_ae))
         except InvalidInstanceError as exc:
-            return _refuse(
-                ctx,
-                status=_status_for(exc),
-                reason=str(exc),
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                received=received,
-            )
+            return refuse(_status_for(exc), str(exc), received)
         except StoreFullError as exc:
             logger.error("store full: %s", exc)
             return STATUS_OUT_OF_RESOURCES
@@ -200,36 +199,24 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 logger.error("store full while receiving: %s", exc.strerror)
                 return STATUS_OUT_OF_RESOURCES
-            return _refuse(
-                ctx,
-                status=STATUS_PROCESSING_FAILURE,
-                reason=f"could not receive the instance to disk: {exc.strerror}",
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                received=None,
+            return refuse(
+                STATUS_PROCESSING_FAILURE,
+                f"could not receive the instance to disk: {exc.strerror}",
+                None,
             )
         except (StoreError, SQLAlchemyError) as exc:
             logger.exception("could not persist the instance")
-            return _refuse(
-                ctx,
-                status=STATUS_PROCESSING_FAILURE,
-                reason=f"could not persist the instance: {type(exc).__name__}: {exc}",
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                received=None,
+            return refuse(
+                STATUS_PROCESSING_FAILURE,
+                f"could not persist the instance: {type(exc).__name__}: {exc}",
+                None,
             )
         except Exception as exc:
             logger.exception("unexpected error in the C-STORE handler")
-            return _refuse(
-                ctx,
-                status=STATUS_CANNOT_UNDERSTAND if received is None else STATUS_PROCESSING_FAILURE,
-                reason=f"unexpected {type(exc).__name__}: {exc}",
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                received=received,
+            return refuse(
+                STATUS_CANNOT_UNDERSTAND if received is None else STATUS_PROCESSING_FAILURE,
+                f"unexpected {type(exc).__name__}: {exc}",
+                received,
             )
         logger.info("stored instance (%d bytes)", stored.size_bytes)
         return STATUS_SUCCESS
