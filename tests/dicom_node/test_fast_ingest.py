@@ -21,9 +21,9 @@ from db.session import make_engine
 from dicom_node.headers import read_header_file
 from dicom_node.incoming import IncomingFile
 from dicom_node.node import DicomNode
-from dicom_node.scp import _p_data_views
 from dicom_node.status import STATUS_OUT_OF_RESOURCES
 from dicom_node.store import InstanceStore
+from dicom_node.transport import _p_data_views
 from radlight.errors import MalformedInstanceError
 from tests.peers import dicom_env, echo_ok, free_port, radlight_service, storescu, wait_for
 
