@@ -1,6 +1,7 @@
 """The fast ingest path: chunked receive into the store, header-only checks, socket options,
 several listener processes on one port. Speed itself is measured in bench/bench_ingest.py."""
 
+import copy
 import hashlib
 import os
 import socket
@@ -21,10 +22,12 @@ from db.session import make_engine
 from dicom_node.headers import read_header_file
 from dicom_node.incoming import IncomingFile
 from dicom_node.node import DicomNode
+from dicom_node.scp import make_ae
 from dicom_node.status import STATUS_OUT_OF_RESOURCES
 from dicom_node.store import InstanceStore
-from dicom_node.transport import _p_data_views
+from dicom_node.transport import _Contexts, _p_data_views
 from radlight.errors import MalformedInstanceError
+from radlight.settings import Settings
 from tests.peers import dicom_env, echo_ok, free_port, radlight_service, storescu, wait_for
 
 DX = UID("1.2.840.10008.5.1.4.1.1.1.1")
@@ -218,3 +221,15 @@ def test_a_full_disk_while_receiving_answers_out_of_resources(
     assert storescu(node.settings.dicom_port, real_dicom_files[1]).returncode == 0
     with node.sessions() as session:
         assert len(session.scalars(select(Instance)).all()) == 1
+
+
+def test_per_association_copy_of_the_contexts_is_independent() -> None:
+    contexts = make_ae(Settings(data_dir=Path("unused"))).supported_contexts
+    copied = copy.deepcopy(_Contexts(contexts))
+    assert [(c.abstract_syntax, c.transfer_syntax) for c in copied] == [
+        (c.abstract_syntax, c.transfer_syntax) for c in contexts
+    ]
+    copied[0].result = 0x00
+    copied[0].transfer_syntax.append(ExplicitVRLittleEndian)
+    assert contexts[0].result is None
+    assert len(contexts[0].transfer_syntax) == len(copied[0].transfer_syntax) - 1
