@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dcmtk orthanc dicom3tools chromium redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery \
-	evaluate-grounding soak
+.PHONY: setup system-packages venv demo test lint typecheck pytest bench bench-ingest conformance \
+	deploy-check clean gallery evaluate-grounding soak
 
 setup: system-packages venv
 
@@ -53,6 +53,10 @@ test: setup lint typecheck pytest
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# Ingest alone: RadLight's node against dcmtk's storescp (docs/PERFORMANCE.md, "Ingest").
+bench-ingest: setup
+	$(PY) bench/bench_ingest.py --instances 200 --senders 1,4 --size 2048,512
 
 # Pictures of every result object as viewers and dcmtk render them (docs/RESULTS.md).
 gallery: setup

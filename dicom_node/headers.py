@@ -2,11 +2,16 @@
 
 pydicom reads truncated input without complaint, so truncation is detected here: every defined-length
 element must hold as many bytes as it declares, and native Pixel Data must be as long as its
-Rows x Columns x Samples x Bits x Frames say.
+Rows x Columns x Samples x Bits x Frames say. Values longer than ``DEFER_BYTES`` (the pixel data)
+are not read at all: the parser seeks past them and only their declared extent is checked against
+the size of the input.
 """
 
+import os
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -24,6 +29,7 @@ from radlight.uids import is_valid_uid
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA_TAG = 0x7FE00010
+DEFER_BYTES = 64 * 1024  # longer values are skipped, not read: their extent is checked instead
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,14 +63,26 @@ def _age_years(ds: Dataset) -> int | None:
     return None if age is None else age.years
 
 
-def _check_element_lengths(ds: Dataset) -> None:
+def _check_element_lengths(ds: Dataset, total_bytes: int) -> None:
     for tag, elem in ds._dict.items():
-        if isinstance(elem, RawDataElement) and elem.length != UNDEFINED_LENGTH:
+        if not isinstance(elem, RawDataElement) or elem.length == UNDEFINED_LENGTH:
+            continue
+        if elem.value is None and elem.length > 0:  # deferred: not read, its extent is checked
+            actual = max(0, min(elem.length, total_bytes - elem.value_tell))
+        else:
             actual = len(elem.value or b"")
-            if actual != elem.length:
-                raise MalformedInstanceError(
-                    f"truncated: element {tag:08X} declares {elem.length} bytes, has {actual}"
-                )
+        if actual != elem.length:
+            raise MalformedInstanceError(
+                f"truncated: element {tag:08X} declares {elem.length} bytes, has {actual}"
+            )
+
+
+def _value_length(ds: Dataset, keyword: str) -> int:
+    """The length of a value without reading it (it may have been skipped)."""
+    elem = ds.get_item(keyword, keep_deferred=True)
+    if isinstance(elem, RawDataElement):
+        return int(elem.length)
+    return len(ds[keyword].value)
 
 
 def _check_native_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
@@ -78,7 +96,7 @@ def _check_native_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
     except (AttributeError, TypeError, ValueError) as exc:
         raise MalformedInstanceError(f"pixel description is incomplete: {exc}") from exc
     expected = (rows * cols * samples * frames * bits + 7) // 8
-    actual = len(ds.PixelData)
+    actual = _value_length(ds, "PixelData")
     if actual < expected:
         raise MalformedInstanceError(
             f"truncated: Pixel Data has {actual} bytes, {rows}x{cols}x{samples}x{frames} "
@@ -90,10 +108,42 @@ def read_header(
     encoded: bytes, *, expected_sop_class_uid: str, expected_sop_instance_uid: str
 ) -> InstanceHeader:
     """Parse a Part-10 byte string and check it is a complete, identifiable instance."""
+    return _read_header(
+        BytesIO(encoded),
+        len(encoded),
+        expected_sop_class_uid=expected_sop_class_uid,
+        expected_sop_instance_uid=expected_sop_instance_uid,
+    )
+
+
+def read_header_file(
+    path: Path, *, expected_sop_class_uid: str, expected_sop_instance_uid: str
+) -> InstanceHeader:
+    """As :func:`read_header`, for a Part-10 file; reads the header, never the pixel data."""
     try:
-        ds = dcmread(BytesIO(encoded))
+        handle = path.open("rb")
+    except OSError as exc:
+        raise MalformedInstanceError(f"cannot open the received data set: {exc}") from exc
+    with handle:
+        return _read_header(
+            handle,
+            os.fstat(handle.fileno()).st_size,
+            expected_sop_class_uid=expected_sop_class_uid,
+            expected_sop_instance_uid=expected_sop_instance_uid,
+        )
+
+
+def _read_header(
+    source: BinaryIO,
+    total_bytes: int,
+    *,
+    expected_sop_class_uid: str,
+    expected_sop_instance_uid: str,
+) -> InstanceHeader:
+    try:
+        ds = dcmread(source, defer_size=DEFER_BYTES)
         transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
-        _check_element_lengths(ds)
+        _check_element_lengths(ds, total_bytes)
         _check_native_pixel_data(ds, transfer_syntax)
         sop_class = str(ds.get("SOPClassUID", "") or "")
         sop_instance = str(ds.get("SOPInstanceUID", "") or "")

@@ -7,7 +7,13 @@ dispatcher would only repeat that work (duplicate messages, which the job claim 
 conflicting inserts that fail and are retried on the next tick), so deployments run exactly one.
 """
 
+import ctypes
+import ctypes.util
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,12 +24,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import require_current_schema
 from db.session import make_engine, make_session_factory
 from dicom_node.assembly import Assembler, AssemblerThread
+from dicom_node.incoming import receive_into
 from dicom_node.scp import StoreContext, handlers, make_ae
 from dicom_node.store import InstanceStore
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# A receive in progress writes its file at least every network timeout; an older one was left by
+# a node that died mid-transfer (other listener processes may be receiving into the same folder).
+STALE_INCOMING_S = 3600.0
+_PR_SET_PDEATHSIG = 1
 
 
 def _make_assembler(
@@ -37,14 +49,67 @@ def _make_assembler(
     )
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """In a listener process: get SIGTERM when the node that started it dies (Linux), and stop
+    now if it already has."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class ListenerProcesses:
+    """``count`` more SCP-only node processes on the same port (SO_REUSEPORT), the kernel
+    spreading associations over them: C-STORE handling is Python, so one process uses one core.
+    They inherit this process's environment (settings) and stop with it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for _ in range(self.count):
+            self._processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "radlight",
+                        "dicom-node",
+                        "--extra-listener",
+                        str(os.getpid()),
+                    ]
+                )
+            )
+        if self.count:
+            logger.info("started %d more listener processes", self.count)
+
+    def stop(self) -> None:
+        for process in self._processes:
+            process.terminate()
+        for process in self._processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self._processes.clear()
+
+
 class DicomNode:
     """Owns the AE's server, the assembler (unless ``run_assembler`` is false) and their resources."""
 
     def __init__(
-        self, settings: Settings, engine: Engine | None = None, *, run_assembler: bool = True
+        self,
+        settings: Settings,
+        engine: Engine | None = None,
+        *,
+        run_assembler: bool = True,
+        extra_listeners: int = 0,
     ) -> None:
         self.settings = settings
         self.run_assembler = run_assembler
+        self.listeners = ListenerProcesses(extra_listeners)
         self.engine = engine or make_engine(settings.effective_database_url)
         require_current_schema(self.engine)
         self.sessions = make_session_factory(self.engine)
@@ -58,6 +123,9 @@ class DicomNode:
 
     def start(self) -> None:
         self.settings.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store.incoming_dir.mkdir(exist_ok=True)
+        self.store.discard_stale_incoming(STALE_INCOMING_S)
+        receive_into(self.store.incoming_dir)
         ctx = StoreContext(
             store=self.store,
             sessions=self.sessions,
@@ -69,6 +137,7 @@ class DicomNode:
             block=False,
             evt_handlers=handlers(ctx),
         )
+        self.listeners.start()
         if self.run_assembler:
             self._thread = AssemblerThread(self.assembler, self.settings.assembler_interval_s)
             self._thread.start()
@@ -84,6 +153,7 @@ class DicomNode:
         self._stopped.wait()
 
     def stop(self) -> None:
+        self.listeners.stop()
         if self._thread is not None:
             self._thread.stop()
             self._thread.join(timeout=10)

@@ -3,10 +3,17 @@
 A C-STORE answers Success only after the raw bytes are fsynced in the store and recorded in the
 database. Handlers never raise: every failure becomes a named status, a log line and, where the
 database is reachable, an IngestFailure row with the reason.
+
+Data sets are received in chunks straight to a file in the store's ``incoming/`` folder
+(pynetdicom's ``STORE_RECV_CHUNKED_DATASET``, see ``incoming``), checked by reading their header
+only, then renamed into place: no Python code touches the pixel bytes. The sockets and PDU reading
+under the AE are in ``transport``.
 """
 
+import errno
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from pynetdicom import (
@@ -19,13 +26,15 @@ from pynetdicom import (
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.ingest import ReceivedInstance, record_ingest_failure, record_instance
 from db.session import transaction
 from dicom_node.allow_list import CallingAEAllowList
-from dicom_node.headers import InstanceHeader, read_header
+from dicom_node.headers import InstanceHeader, read_header_file
+from dicom_node.incoming import received_file
 from dicom_node.status import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -36,6 +45,7 @@ from dicom_node.status import (
     STATUS_SUCCESS,
 )
 from dicom_node.store import InstanceStore, StoredFile
+from dicom_node.transport import NodeRequestHandler, NodeServer
 from radlight.errors import (
     InvalidInstanceError,
     MissingAttributeError,
@@ -52,6 +62,9 @@ logger = logging.getLogger(__name__)
 _config.LOG_HANDLER_LEVEL = "none"
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# Received data sets go to a file as they arrive, never into one bytes object (see the docstring).
+_config.STORE_RECV_CHUNKED_DATASET = True
+
 
 RECORD_ATTEMPTS = 3
 # A-ASSOCIATE-RJ fields (PS3.8 9.3.4): rejected-transient, by the service user, no reason given.
@@ -90,12 +103,13 @@ def _refuse(
     calling_ae: str,
     request_sop_class: str | None,
     request_sop_instance: str | None,
-    encoded: bytes | None,
+    received: Path | None,
 ) -> int:
-    """Record a refusal (bytes kept in quarantine) and return its status; never raises."""
+    """Record a refusal (the received file kept in quarantine) and return its status; never
+    raises."""
     quarantine = None
-    if encoded is not None and status != STATUS_OUT_OF_RESOURCES_TOO_LARGE:
-        quarantine = ctx.store.quarantine(encoded, reason_code=f"{status:04X}")
+    if received is not None and status != STATUS_OUT_OF_RESOURCES_TOO_LARGE:
+        quarantine = ctx.store.quarantine_file(received, reason_code=f"{status:04X}")
     logger.warning("refused C-STORE with status 0x%04X: %s", status, reason)
     try:
         with transaction(ctx.sessions) as session:
@@ -126,81 +140,80 @@ def _record(ctx: StoreContext, received: ReceivedInstance) -> None:
 
 
 def handle_store(event: Event, ctx: StoreContext) -> int:
-    """Persist, record, answer. Runs on the association's thread: no model, no network."""
+    """Check, persist, record, answer. Runs on the association's thread: no model, no network."""
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     called_ae = str(event.assoc.acceptor.ae_title).strip()
     request = cast(C_STORE, event.request)
     sop_class = str(request.AffectedSOPClassUID or "")
     sop_instance = str(request.AffectedSOPInstanceUID or "")
+
+    def refuse(status: int, reason: str, kept: Path | None) -> int:
+        return _refuse(
+            ctx,
+            status=status,
+            reason=reason,
+            calling_ae=calling_ae,
+            request_sop_class=sop_class,
+            request_sop_instance=sop_instance,
+            received=kept,
+        )
+
     with log_context(calling_ae=calling_ae, sop_instance_uid=sop_instance):
-        encoded: bytes | None = None
+        received: Path | None = None
         try:
-            encoded = event.encoded_dataset(include_meta=True)
-            if len(encoded) > ctx.max_instance_bytes:
-                return _refuse(
-                    ctx,
-                    status=STATUS_OUT_OF_RESOURCES_TOO_LARGE,
-                    reason=f"instance of {len(encoded)} bytes exceeds the limit of "
-                    f"{ctx.max_instance_bytes}",
-                    calling_ae=calling_ae,
-                    request_sop_class=sop_class,
-                    request_sop_instance=sop_instance,
-                    encoded=None,
+            received = event.dataset_path
+            incoming = received_file(received)
+            if incoming is not None and incoming.error is not None:
+                raise incoming.error
+            size = received.stat().st_size
+            if size > ctx.max_instance_bytes:
+                return refuse(
+                    STATUS_OUT_OF_RESOURCES_TOO_LARGE,
+                    f"instance of {size} bytes exceeds the limit of {ctx.max_instance_bytes}",
+                    None,
                 )
-            ctx.store.check_room(len(encoded), min_free_bytes=ctx.min_free_bytes)
-            header = read_header(
-                encoded, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
+            # The file is already on the store's disk: what must stay free is checked after it.
+            ctx.store.check_room(0, min_free_bytes=ctx.min_free_bytes)
+            header = read_header_file(
+                received, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
             )
-            stored = ctx.store.write(
+            stored = ctx.store.adopt(
+                received,
                 ctx.store.instance_path(
                     header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
                 ),
-                encoded,
+                sha256=None if incoming is None else incoming.digest.hexdigest(),
             )
             _record(ctx, _received(header, stored, calling_ae, called_ae))
         except InvalidInstanceError as exc:
-            return _refuse(
-                ctx,
-                status=_status_for(exc),
-                reason=str(exc),
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                encoded=encoded,
-            )
+            return refuse(_status_for(exc), str(exc), received)
         except StoreFullError as exc:
-            return _refuse(
-                ctx,
-                status=STATUS_OUT_OF_RESOURCES,
-                reason=str(exc),
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                encoded=None,
+            return refuse(STATUS_OUT_OF_RESOURCES, str(exc), None)
+        except OSError as exc:
+            # Out of resources, not a processing failure: senders retry 0xA700 later.
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            logger.error("could not receive the instance to disk: %s", exc.strerror)
+            return refuse(
+                STATUS_OUT_OF_RESOURCES,
+                ("store full while receiving: " if full else "could not receive to disk: ")
+                + str(exc.strerror),
+                None,
             )
         except (StoreError, SQLAlchemyError) as exc:
             # Out of resources, not a processing failure: senders retry 0xA700 later, and the
             # instance is recorded once the database or the store is back.
             logger.error("could not persist the instance: %s", type(exc).__name__)
-            return _refuse(
-                ctx,
-                status=STATUS_OUT_OF_RESOURCES,
-                reason=f"could not persist the instance: {type(exc).__name__}: {exc}",
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                encoded=None,
+            return refuse(
+                STATUS_OUT_OF_RESOURCES,
+                f"could not persist the instance: {type(exc).__name__}: {exc}",
+                None,
             )
         except Exception as exc:
             logger.exception("unexpected error in the C-STORE handler")
-            return _refuse(
-                ctx,
-                status=STATUS_CANNOT_UNDERSTAND if encoded is None else STATUS_PROCESSING_FAILURE,
-                reason=f"unexpected {type(exc).__name__}: {exc}",
-                calling_ae=calling_ae,
-                request_sop_class=sop_class,
-                request_sop_instance=sop_instance,
-                encoded=encoded,
+            return refuse(
+                STATUS_CANNOT_UNDERSTAND if received is None else STATUS_PROCESSING_FAILURE,
+                f"unexpected {type(exc).__name__}: {exc}",
+                received,
             )
         logger.info("stored instance (%d bytes)", stored.size_bytes)
         return STATUS_SUCCESS
@@ -235,9 +248,20 @@ class NodeAE(AE):
     the live :class:`CallingAEAllowList`, refreshed by :func:`handle_association_request` first.
     """
 
-    def __init__(self, ae_title: str, calling_aes: CallingAEAllowList) -> None:
+    def __init__(
+        self, ae_title: str, calling_aes: CallingAEAllowList, *, reuse_port: bool = False
+    ) -> None:
         super().__init__(ae_title=ae_title)
         self.calling_aes = calling_aes
+        self.reuse_port = reuse_port
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        """pynetdicom's threaded server, with :class:`NodeServer`'s socket options and
+        :class:`NodeSocket`'s reads."""
+        if kwargs.get("server_class") in (None, ThreadedAssociationServer):
+            kwargs["server_class"] = NodeServer
+        kwargs.setdefault("request_handler", NodeRequestHandler)
+        return super().make_server(*args, **kwargs)
 
     @property
     def require_calling_aet(self) -> list[str]:
@@ -262,7 +286,11 @@ def handle_association_request(event: Event, ctx: StoreContext) -> None:
 
 def make_ae(settings: Settings) -> NodeAE:
     """The node's AE: every storage SOP class in every transfer syntax, plus Verification."""
-    ae = NodeAE(settings.ae_title, CallingAEAllowList(settings.allowed_calling_aes))
+    ae = NodeAE(
+        settings.ae_title,
+        CallingAEAllowList(settings.allowed_calling_aes),
+        reuse_port=settings.dicom_listeners > 1,
+    )
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.dimse_timeout = settings.dimse_timeout_s

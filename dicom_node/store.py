@@ -1,15 +1,21 @@
 """The instance store: received bytes written durably (temp file, fsync, rename, fsync folder).
 
-Paths are built only from validated UIDs, so a hostile UID cannot escape the store.
+Paths are built only from validated UIDs, so a hostile UID cannot escape the store. A file that
+the SCP already received to disk (chunked receive, in ``incoming/``) is adopted by fsync and rename
+instead of being copied.
 """
 
+import contextlib
 import errno
 import hashlib
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from radlight.errors import StoreError, StoreFullError
 from radlight.uids import is_valid_uid
@@ -20,6 +26,26 @@ class StoredFile:
     relative_path: str
     size_bytes: int
     sha256: str
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """OS errors as the store's own: a full disk is told apart, it needs a different status."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"no space left in the store: {exc.strerror}") from exc
+        raise StoreError(f"could not write to the store: {exc.strerror}") from exc
+
+
+def _file_facts(path: Path, sha256: str | None) -> tuple[int, str]:
+    """Size and sha256 (unless known) of a file, made durable on the way (fsync works on a
+    read-only handle)."""
+    with path.open("rb") as handle:
+        digest = sha256 or hashlib.file_digest(handle, "sha256").hexdigest()
+        os.fsync(handle.fileno())
+        return os.fstat(handle.fileno()).st_size, digest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -77,31 +103,53 @@ class InstanceStore:
                 f"write, {min_free_bytes} to keep free"
             )
 
+    @property
+    def incoming_dir(self) -> Path:
+        """Where the SCP receives files before adopting them: inside the store, so on its disk."""
+        return self.root / "incoming"
+
+    def discard_stale_incoming(self, older_than_s: float) -> int:
+        """Delete partial receives left in ``incoming/`` by a process that died; returns how many."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.incoming_dir.glob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def write(self, relative_path: str, data: bytes) -> StoredFile:
         """Write ``data`` atomically and durably; an existing file is replaced whole."""
         target = self.absolute(relative_path)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp_name, target)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
-            _fsync_dir(target.parent)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFullError(f"no space left in the store: {exc.strerror}") from exc
-            raise StoreError(f"could not write to the store: {exc.strerror}") from exc
+        with _store_errors():
+            _replace_durably(target, lambda handle: handle.write(data))
         return StoredFile(
             relative_path=relative_path,
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
+
+    def adopt(self, source: Path, relative_path: str, *, sha256: str | None = None) -> StoredFile:
+        """Move a complete received file into place durably (fsync, rename, fsync folder).
+
+        ``sha256``, if the receiver hashed the file as it arrived, saves reading it again. A file
+        on another file system (the receiver's temp folder elsewhere) is copied instead.
+        """
+        target = self.absolute(relative_path)
+        with _store_errors():
+            size, digest = _file_facts(source, sha256)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(source, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                with source.open("rb") as src:
+                    _replace_durably(target, lambda handle: shutil.copyfileobj(src, handle))
+                source.unlink(missing_ok=True)
+            _fsync_dir(target.parent)
+        return StoredFile(relative_path=relative_path, size_bytes=size, sha256=digest)
 
     def quarantine(self, data: bytes, *, reason_code: str) -> str | None:
         """Keep refused bytes for inspection; returns None if even that fails (logged by caller)."""
@@ -113,8 +161,35 @@ class InstanceStore:
             return None
         return relative
 
+    def quarantine_file(self, source: Path, *, reason_code: str) -> str | None:
+        """As :meth:`quarantine`, for a refused file received to disk (moved, not copied)."""
+        try:
+            with source.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            relative = str(Path("quarantine", f"{reason_code}-{digest[:32]}.dcm"))
+            self.adopt(source, relative)
+        except (OSError, StoreError):
+            return None
+        return relative
+
     def read(self, relative_path: str) -> bytes:
         try:
             return self.absolute(relative_path).read_bytes()
         except OSError as exc:
             raise StoreError(f"could not read {relative_path!r}: {exc.strerror}") from exc
+
+
+def _replace_durably(target: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Fill a temp file beside ``target``, fsync it, rename it over ``target``, fsync the folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)

@@ -36,9 +36,16 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dicom_node(args: argparse.Namespace, settings: Settings) -> int:
-    from dicom_node.node import DicomNode
+    from dicom_node.node import DicomNode, die_with_parent
 
-    node = DicomNode(settings, run_assembler=not args.no_assembler)
+    if args.extra_listener:
+        die_with_parent(args.extra_listener)
+    # With RADLIGHT_DICOM_LISTENERS=N the node starts N-1 more SCP-only processes on its port.
+    node = DicomNode(
+        settings,
+        run_assembler=not (args.no_assembler or args.extra_listener),
+        extra_listeners=0 if args.extra_listener else settings.dicom_listeners - 1,
+    )
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         node.stop()
@@ -249,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the SCP only; a separate `radlight dispatcher` assembles and queues",
     )
+    node.add_argument("--extra-listener", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)
     dispatcher = add(
         "dispatcher", cmd_dispatcher, "run only the study assembler and job dispatcher"
     )

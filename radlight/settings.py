@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Refuse C-STORE with 0xA700 while the store has less free space than this.",
     )
+    dicom_listeners: int = Field(
+        default=1, ge=1, le=64, description="Node processes sharing the DICOM port (SO_REUSEPORT)."
+    )
 
     study_quiet_seconds: float = Field(default=5.0, ge=0, description="Study is complete after.")
     assembler_interval_s: float = Field(default=1.0, gt=0)

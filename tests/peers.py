@@ -261,6 +261,16 @@ def kill_service(service: Service) -> None:
     service.process.wait(timeout=20)
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def echo_ok(port: int, called_ae: str = "RADLIGHT") -> bool:
     completed = subprocess.run(
         [ECHOSCU, "-aec", called_ae, "127.0.0.1", str(port)],
