@@ -92,6 +92,7 @@ def upsert_route(
     produce_gsps: bool = False,
     quiet_seconds: float | None = None,
     thresholds: Mapping[str, float] | None = None,
+    expected_instances: int | None = None,
 ) -> Route:
     route = session.scalars(select(Route).where(Route.name == name)).one_or_none()
     if route is None:
@@ -113,6 +114,7 @@ def upsert_route(
     route.produce_seg = produce_seg
     route.produce_gsps = produce_gsps
     route.quiet_seconds = quiet_seconds
+    route.expected_instances = expected_instances
     route.thresholds = dict(thresholds) if thresholds else None
     if destination_names:
         route.destinations = find_destinations(session=session, refs=list(destination_names))

@@ -228,6 +228,9 @@ class Route(Base):
     min_age_years: Mapped[int | None] = mapped_column(Integer)
     max_age_years: Mapped[int | None] = mapped_column(Integer)
     quiet_seconds: Mapped[float | None]  # overrides the node's study quiet period for this route
+    # The study is complete for this route once this many of the instances it takes have arrived,
+    # without waiting for the quiet period (1 for single-image routes); null: quiet period only.
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
     thresholds: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per site: finding -> value
 
     destinations: Mapped[list[Destination]] = relationship(secondary=route_destination)
@@ -255,6 +258,8 @@ class Job(Base):
     queued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None] = mapped_column(index=True)
     finished_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Milliseconds spent in each stage (workers.stages.STAGES), written as the job runs.
+    stage_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     route: Mapped[Route] = relationship()

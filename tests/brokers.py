@@ -56,6 +56,19 @@ def folder_messages(queue_dir: Path, queue: str) -> list[TaskMessage]:
     return [decode(path.read_bytes()) for path in files]
 
 
+def forget_folder_bindings() -> None:
+    """Forget the exchanges and bindings kombu's filesystem transport declared in this process.
+
+    That transport keeps them in one process-wide state and declares each only once, so a second
+    queue folder in the same process (the next test's) never gets its routing table written and
+    every message sent to it is dropped. A deployment uses one folder per process and never sees
+    this; tests that each have their own folder call this first.
+    """
+    from kombu.transport.filesystem import Transport
+
+    Transport.global_state.clear()  # type: ignore[no-untyped-call]
+
+
 def clear_queues(client: redis.Redis) -> None:
     """Delete every message, keeping kombu's ``_kombu.binding.*`` routing tables.
 

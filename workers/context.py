@@ -7,6 +7,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, make_session_factory
+from dicom_node.scu import KeptAssociations
 from dicom_node.store import InstanceStore
 from models.registry import ModelRegistry
 from radlight.queue import TaskProducer
@@ -21,6 +22,7 @@ class WorkerContext:
     store: InstanceStore
     registry: ModelRegistry
     producer: TaskProducer
+    sender: KeptAssociations  # this process's kept-open associations to destinations
 
 
 def build_context(settings: Settings) -> WorkerContext:
@@ -32,6 +34,7 @@ def build_context(settings: Settings) -> WorkerContext:
         store=InstanceStore(settings.store_dir),
         registry=ModelRegistry(settings.models_dir),
         producer=TaskProducer(settings),
+        sender=KeptAssociations(calling_ae=settings.result_ae_title),
     )
 
 

@@ -2,6 +2,7 @@
 and a way to put received instances in it as the DICOM node does (store the bytes, record them).
 """
 
+import contextlib
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -14,6 +15,7 @@ from db.ingest import ReceivedInstance, RecordOutcome, record_instance
 from db.session import transaction
 from models.export import BuiltModel, build_tiny_classifier
 from radlight.settings import Settings
+from tests.brokers import forget_folder_bindings
 from workers.context import WorkerContext, build_context
 
 
@@ -28,21 +30,35 @@ def worker_settings(tmp_path: Path, database_url: str, **overrides: object) -> S
         "database_url": database_url,
         "broker_url": None,  # kombu's filesystem transport under data_dir/queue: real, serverless
         "log_json": False,
+        # Deliveries go through the queue here, where the tests read them; tests of the inline
+        # path (tests/workers/test_stages.py) turn it on.
+        "delivery_inline": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def ctx(tmp_path: Path, database_url: str, tiny_model: BuiltModel) -> Iterator[WorkerContext]:
-    """A worker context on a fresh database, with the tiny classifier installed."""
-    context = build_context(worker_settings(tmp_path, database_url))
-    context.registry.install(tiny_model.onnx_path, tiny_model.card)
+@contextlib.contextmanager
+def worker_context(
+    tmp_path: Path, database_url: str, model: BuiltModel, **overrides: object
+) -> Iterator[WorkerContext]:
+    """A worker context on a fresh database with ``model`` installed, closed afterwards."""
+    forget_folder_bindings()
+    context = build_context(worker_settings(tmp_path, database_url, **overrides))
+    context.registry.install(model.onnx_path, model.card)
     try:
         yield context
     finally:
+        context.sender.close()
         context.producer.close()
         context.engine.dispose()
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, database_url: str, tiny_model: BuiltModel) -> Iterator[WorkerContext]:
+    """A worker context on a fresh database, with the tiny classifier installed."""
+    with worker_context(tmp_path, database_url, tiny_model) as context:
+        yield context
 
 
 def copy_with_new_uids(
