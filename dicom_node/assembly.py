@@ -229,6 +229,7 @@ class AssemblerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        self._assembler.tick()  # at once: it also reads the routes the cheap check needs
         last = time.monotonic()
         while not self._stop_event.wait(self._poll):
             if time.monotonic() - last >= self._interval or self._assembler.work_waiting():
