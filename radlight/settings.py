@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
 
     worker_concurrency: int = Field(default=1, ge=1, le=64)
+    inference_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="onnxruntime intra-op threads per worker process; 0 = one per core. With N "
+        "worker processes on C cores, C / N keeps them from oversubscribing the CPU.",
+    )
     delivery_inline: bool = Field(
         default=True,
         description="The job's worker sends its results at once over a kept-open association "

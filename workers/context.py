@@ -10,6 +10,7 @@ from db.session import make_engine, make_session_factory
 from dicom_node.scu import KeptAssociations
 from dicom_node.store import InstanceStore
 from models.registry import ModelRegistry
+from models.runtime import set_intra_op_threads
 from radlight.queue import TaskProducer
 from radlight.settings import Settings, load_settings
 
@@ -26,6 +27,7 @@ class WorkerContext:
 
 
 def build_context(settings: Settings) -> WorkerContext:
+    set_intra_op_threads(settings.inference_threads)
     engine = make_engine(settings.effective_database_url)
     return WorkerContext(
         settings=settings,

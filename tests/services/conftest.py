@@ -13,12 +13,14 @@ from db.session import transaction
 from radlight.settings import Settings
 from services.app import create_app
 from services.security import hash_password, issue_token, load_secret_key
+from tests.brokers import forget_folder_bindings
 
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
 def app_settings(tmp_path: Path, database_url: str) -> Settings:
+    forget_folder_bindings()  # this test's queue folder gets its own routing table
     return Settings(data_dir=tmp_path, database_url=database_url)
 
 
