@@ -29,6 +29,12 @@ from models.export import export_classifier_onnx
 from models.runtime import Classifier, available_providers
 
 
+def timed_ms(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1e3
+
+
 def median_ms(run: Callable[[], object], repeats: int) -> float:
     run()
     run()  # warm-up: allocations, kernel selection
@@ -43,7 +49,7 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -58,7 +64,7 @@ def main() -> int:
             f"# DenseNet-121 (CheXNet head), {os.cpu_count()} CPUs "
             f"(load {os.getloadavg()[0]:.1f}), torch {torch.__version__} "
             f"threads={torch.get_num_threads()}, onnxruntime {ort.__version__} "
-            f"{available_providers()[0]}; median ms per batch of {args.repeats}"
+            f"{available_providers()[0]}; median ms per batch, {args.repeats} alternating calls"
         )
         print(
             "| batch | bare onnxruntime ms | RadLight infer ms | torch eager ms | "
@@ -80,13 +86,15 @@ def main() -> int:
                 with torch.inference_mode():
                     return module(t)
 
-            # Interleaved, so that the shared machine's load drifts over all three alike.
-            bare_ms, ours_ms, torch_ms = [], [], []
-            for _ in range(3):
-                bare_ms.append(median_ms(run_bare, args.repeats))
-                ours_ms.append(median_ms(run_radlight, args.repeats))
-                torch_ms.append(median_ms(run_torch, max(3, args.repeats // 3)))
-            b, r, t = min(bare_ms), min(ours_ms), min(torch_ms)
+            # Alternating call by call, so that the shared machine's load falls on both alike.
+            run_bare()
+            run_radlight()
+            bare_ms, ours_ms = [], []
+            for _ in range(args.repeats):
+                bare_ms.append(timed_ms(run_bare))
+                ours_ms.append(timed_ms(run_radlight))
+            b, r = statistics.median(bare_ms), statistics.median(ours_ms)
+            t = median_ms(run_torch, max(3, args.repeats // 3))
             print(f"| {batch} | {b:.1f} | {r:.1f} | {t:.1f} | {r / b:.2f} | {t / b:.2f} |")
     return 0
 
