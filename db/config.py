@@ -94,6 +94,8 @@ def upsert_route(
     thresholds: Mapping[str, float] | None = None,
     expected_instances: int | None = None,
 ) -> Route:
+    if expected_instances is not None and expected_instances < 1:
+        raise ValueError(f"expected instances must be at least 1, got {expected_instances}")
     route = session.scalars(select(Route).where(Route.name == name)).one_or_none()
     if route is None:
         route = Route(name=name)

@@ -98,3 +98,8 @@ def test_assembler_thread_queues_a_single_image_study_within_its_poll(
     (job,) = jobs(sessions)
     assert job.input_sop_instance_uids == [uid]
     assert queued(settings) == [job.id]
+
+
+def test_a_route_expects_at_least_one_instance(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(ValueError, match="expected instances must be at least 1, got 0"):
+        add_route(sessions, "none", expected_instances=0)
