@@ -162,6 +162,11 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
             assoc.release()
 
 
+def _union(first: Sequence[str], second: Sequence[str]) -> list[str]:
+    """Both lists' items in order of first appearance, each once."""
+    return list(dict.fromkeys([*first, *second]))
+
+
 @dataclass
 class _Kept:
     assoc: Association
@@ -196,7 +201,7 @@ class KeptAssociations:
             for dataset in datasets:
                 sop_class = str(dataset.SOPClassUID)
                 syntaxes = proposed_syntaxes(_syntax(dataset))
-                wanted[sop_class] = list(dict.fromkeys([*wanted.get(sop_class, []), *syntaxes]))
+                wanted[sop_class] = _union(wanted.get(sop_class, []), syntaxes)
 
     def send(self, peer: Peer, dataset: Dataset) -> int:
         """C-STORE ``dataset`` to ``peer``; its status, or a DeliveryError (as :func:`send_file`)."""
@@ -235,10 +240,8 @@ class KeptAssociations:
             contexts = {}
         merged = {k: list(v) for k, v in contexts.items()}
         for wanted_class, wanted_syntaxes in self._wanted.get(peer, {}).items():
-            merged[wanted_class] = list(
-                dict.fromkeys([*merged.get(wanted_class, []), *wanted_syntaxes])
-            )
-        merged[sop_class] = list(dict.fromkeys([*merged.get(sop_class, []), *syntaxes]))
+            merged[wanted_class] = _union(merged.get(wanted_class, []), wanted_syntaxes)
+        merged[sop_class] = _union(merged.get(sop_class, []), syntaxes)
         assoc = _associate(
             peer, calling_ae=self.calling_ae, timeout_s=self.timeout_s, contexts=merged
         )
