@@ -92,7 +92,10 @@ def upsert_route(
     produce_gsps: bool = False,
     quiet_seconds: float | None = None,
     thresholds: Mapping[str, float] | None = None,
+    expected_instances: int | None = None,
 ) -> Route:
+    if expected_instances is not None and expected_instances < 1:
+        raise ValueError(f"expected instances must be at least 1, got {expected_instances}")
     route = session.scalars(select(Route).where(Route.name == name)).one_or_none()
     if route is None:
         route = Route(name=name)
@@ -113,6 +116,7 @@ def upsert_route(
     route.produce_seg = produce_seg
     route.produce_gsps = produce_gsps
     route.quiet_seconds = quiet_seconds
+    route.expected_instances = expected_instances
     route.thresholds = dict(thresholds) if thresholds else None
     if destination_names:
         route.destinations = find_destinations(session=session, refs=list(destination_names))

@@ -1,7 +1,7 @@
 """Jobs: created once per (study, route, input set), claimed with a conditional update."""
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
@@ -117,6 +117,12 @@ def finish_job(
     session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
+def record_stages(*, session: Session, job_id: int, stage_ms: Mapping[str, float]) -> None:
+    """Store the milliseconds the job spent in each stage (radlight.stages), replacing a
+    previous run's."""
+    session.execute(update(Job).where(Job.id == job_id).values(stage_ms=dict(stage_ms)))
+
+
 def release_for_retry(*, session: Session, job_id: int, reason: str) -> None:
     """A transient failure: back to QUEUED so a retried message can claim it again."""
     session.execute(
@@ -195,6 +201,7 @@ def reopen_job(*, session: Session, job_id: int, from_states: Sequence[JobState]
             queued_at=None,
             started_at=None,
             finished_at=None,
+            stage_ms=None,
             updated_at=now,
         )
     )

@@ -230,6 +230,9 @@ class Route(Base):
     min_age_years: Mapped[int | None] = mapped_column(Integer)
     max_age_years: Mapped[int | None] = mapped_column(Integer)
     quiet_seconds: Mapped[float | None]  # overrides the node's study quiet period for this route
+    # The study is complete for this route once this many of the instances it takes have arrived,
+    # without waiting for the quiet period (1 for single-image routes); null: quiet period only.
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
     thresholds: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # per site: finding -> value
 
     destinations: Mapped[list[Destination]] = relationship(secondary=route_destination)
@@ -261,6 +264,8 @@ class Job(Base):
     # the job once it has run out (the worker died). ``worker`` names the holder, for operators.
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
     worker: Mapped[str | None] = mapped_column(String(255))
+    # Milliseconds spent in each stage (workers.stages.STAGES), written as the job runs.
+    stage_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # Set for a job that grounds a report posted through the API (see StudyReport).
     report_id: Mapped[int | None] = mapped_column(

@@ -7,6 +7,8 @@ queued (broker down) or that stalled (worker died) are queued again on a later t
 
 import logging
 import threading
+import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -15,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.config import enabled_routes
 from db.deliveries import requeue_delivery, stale_deliveries
-from db.ingest import quiet_studies, study_instances
+from db.ingest import study_instances
 from db.jobs import create_job_if_new, mark_queued, requeue_candidates, reset_stale
 from db.models import Instance, Job, JobState, Route, Study, StudyState, utcnow
+from db.readiness import ready_studies, work_waiting
 from db.session import transaction
 from dicom_node.routing import InstanceFacts, StudyFacts, select_inputs
 from radlight.logs import log_context
@@ -75,6 +78,9 @@ class Assembler:
         self._queue = queue
         self._quiet = timedelta(seconds=quiet_seconds)
         self._requeue_after = timedelta(seconds=requeue_after_s)
+        # What the last full pass read from the routes, for the cheap check between passes.
+        self._shortest_quiet = self._quiet
+        self._min_expected: int | None = None
 
     def quiet_for(self, route: Route) -> timedelta:
         """How long a study must be silent before ``route`` takes it: its own, else the node's."""
@@ -82,8 +88,14 @@ class Assembler:
             return self._quiet
         return timedelta(seconds=route.quiet_seconds)
 
+    @staticmethod
+    def expected_reached(route: Route, inputs: Sequence[str]) -> bool:
+        """Whether ``route`` has all the instances it expects (its ``expected_instances``)."""
+        return route.expected_instances is not None and len(inputs) >= route.expected_instances
+
     def assemble(self) -> list[int]:
-        """Route every study quiet for long enough; returns the ids of new jobs.
+        """Route every study quiet for long enough, or holding the instances a route expects;
+        returns the ids of new jobs.
 
         Routes are read from the database on every pass, so a change made through the API or
         the CLI applies to the next study without a restart. A study becomes a candidate once
@@ -96,7 +108,12 @@ class Assembler:
         with transaction(self._sessions) as session:
             routes = enabled_routes(session=session)
             shortest = min([self._quiet, *(self.quiet_for(r) for r in routes)])
-            for study in quiet_studies(session=session, received_before=now - shortest):
+            expected = [r.expected_instances for r in routes if r.expected_instances is not None]
+            self._shortest_quiet, self._min_expected = shortest, min(expected, default=None)
+            studies = ready_studies(
+                session=session, received_before=now - shortest, min_instances=self._min_expected
+            )
+            for study in studies:
                 with log_context(study_uid=study.study_instance_uid):
                     created.extend(self._route_study(session, study, routes, now))
         return created
@@ -108,7 +125,12 @@ class Assembler:
         facts = study_facts(study, study_instances(session=session, study_id=study.id))
         wanted = [(route, select_inputs(route, facts)) for route in routes]
         wanted = [(route, inputs) for route, inputs in wanted if inputs]
-        waiting = [r for r, _ in wanted if study.last_received_at > now - self.quiet_for(r)]
+        waiting = [
+            r
+            for r, inputs in wanted
+            if study.last_received_at > now - self.quiet_for(r)
+            and not self.expected_reached(r, inputs)
+        ]
         created: list[int] = []
         for route, inputs in wanted:
             if route in waiting:
@@ -184,6 +206,19 @@ class Assembler:
             sent += 1
         return sent
 
+    def work_waiting(self) -> bool:
+        """One cheap query between full passes: a study became ready or a job awaits the queue."""
+        try:
+            with self._sessions() as session:
+                return work_waiting(
+                    session=session,
+                    received_before=utcnow() - self._shortest_quiet,
+                    min_instances=self._min_expected,
+                )
+        except SQLAlchemyError:
+            logger.exception("assembler check failed; will try again")
+            return False
+
     def tick(self) -> None:
         try:
             self.assemble()
@@ -194,17 +229,23 @@ class Assembler:
 
 
 class AssemblerThread(threading.Thread):
-    """Calls :meth:`Assembler.tick` every ``interval`` seconds until stopped."""
+    """Calls :meth:`Assembler.tick` every ``interval`` seconds until stopped, and sooner when the
+    cheap check, made every ``poll`` seconds, finds a study ready or a job to queue."""
 
-    def __init__(self, assembler: Assembler, interval: float) -> None:
+    def __init__(self, assembler: Assembler, interval: float, poll: float | None = None) -> None:
         super().__init__(name="radlight-assembler", daemon=True)
         self._assembler = assembler
         self._interval = interval
+        self._poll = min(poll, interval) if poll is not None else interval
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self._interval):
-            self._assembler.tick()
+        self._assembler.tick()  # at once: it also reads the routes the cheap check needs
+        last = time.monotonic()
+        while not self._stop_event.wait(self._poll):
+            if time.monotonic() - last >= self._interval or self._assembler.work_waiting():
+                self._assembler.tick()
+                last = time.monotonic()
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -139,7 +139,9 @@ class DicomNode:
         )
         self.listeners.start()
         if self.run_assembler:
-            self._thread = AssemblerThread(self.assembler, self.settings.assembler_interval_s)
+            self._thread = AssemblerThread(
+                self.assembler, self.settings.assembler_interval_s, self.settings.assembler_poll_s
+            )
             self._thread.start()
         logger.info(
             "DICOM node %s listening on %s:%d (assembler %s)",

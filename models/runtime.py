@@ -289,9 +289,35 @@ def _read_checked(onnx_path: Path, sha256: str) -> bytes:
     return data
 
 
+_intra_op_threads = 0  # 0: onnxruntime's choice (one per core)
+
+
+def set_intra_op_threads(threads: int) -> None:
+    """Threads each new session may use for one operator; a worker process running beside others
+    on the same cores sets cores / processes, so they do not oversubscribe the CPU. 0 lets
+    onnxruntime choose. Sessions built before the call keep their setting."""
+    global _intra_op_threads
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    _intra_op_threads = threads
+
+
+def session_options() -> ort.SessionOptions:
+    """Every graph optimisation, sequential execution (DenseNet is a chain), and the process's
+    intra-op thread count; the CUDA provider, where present, is chosen in ``available_providers``."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if _intra_op_threads:
+        options.intra_op_num_threads = _intra_op_threads
+    return options
+
+
 def _session(data: bytes, onnx_path: Path) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(data, providers=available_providers())
+        return ort.InferenceSession(
+            data, sess_options=session_options(), providers=available_providers()
+        )
     except _ORT_ERRORS as exc:
         raise ModelError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
 

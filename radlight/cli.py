@@ -203,6 +203,7 @@ def cmd_route_add(args: argparse.Namespace, settings: Settings) -> int:
                 destination_names=args.destination or (),
                 produce_seg=args.seg,
                 produce_gsps=args.gsps,
+                expected_instances=args.expected_instances,
             )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
@@ -305,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     route_add.add_argument("--modality", action="append")
     route_add.add_argument("--destination", action="append")
     route_add.add_argument("--seg", action="store_true", help="also send a probability SEG")
+    route_add.add_argument(
+        "--expected-instances",
+        type=int,
+        metavar="N",
+        help="route a study as soon as N of the instances this route takes arrived (1 for "
+        "single-image studies), without waiting for the quiet period",
+    )
     route_add.add_argument(
         "--gsps", action="store_true", help="also send a presentation state with the regions"
     )

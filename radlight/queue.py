@@ -130,9 +130,12 @@ class TaskProducer:
             TASK_PROCESS_JOB, kwargs=payload.model_dump(), queue=TASK_QUEUES[TASK_PROCESS_JOB]
         )
 
-    def enqueue_delivery(self, delivery_id: int) -> None:
+    def enqueue_delivery(self, delivery_id: int, *, countdown: float | None = None) -> None:
+        """Queue a delivery; ``countdown`` seconds later when it is a retry after a back-off."""
         payload = DeliverPayload(delivery_id=delivery_id)
-        self._app.send_task(TASK_DELIVER, kwargs=payload.model_dump(), queue=QUEUE_DELIVERY)
+        self._app.send_task(
+            TASK_DELIVER, kwargs=payload.model_dump(), queue=QUEUE_DELIVERY, countdown=countdown
+        )
 
     def close(self) -> None:
         self._app.close()

@@ -55,11 +55,29 @@ class Settings(BaseSettings):
         description="A running job's lease; its worker renews it every third of this, and the "
         "dispatcher re-queues a job whose lease ran out (the worker died).",
     )
+    assembler_poll_s: float = Field(
+        default=0.02,
+        gt=0,
+        description="Between assembler ticks, how often one cheap query looks for a study that "
+        "became ready (its route's expected instances arrived) or a job to queue.",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
 
     worker_concurrency: int = Field(default=1, ge=1, le=64)
+    inference_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="onnxruntime intra-op threads per worker process; 0 = one per core. With N "
+        "worker processes on C cores, C / N keeps them from oversubscribing the CPU.",
+    )
+    delivery_inline: bool = Field(
+        default=True,
+        description="The job's worker sends its results at once over a kept-open association "
+        "per destination; retries go through the delivery queue. False: every delivery is a task.",
+    )
     delivery_max_attempts: int = Field(default=5, ge=1, le=100)
     delivery_backoff_s: float = Field(default=2.0, gt=0)
     result_ae_title: str = Field(default="RADLIGHT", min_length=1, max_length=16)

@@ -25,6 +25,7 @@ from models.cam import cam_to_image
 from models.preprocess import prepare_image
 from models.registry import ModelEntry
 from models.runtime import load_model
+from radlight.stages import StageClock
 from radlight.uids import deterministic_uid
 from workers.results import (
     AlgorithmInfo,
@@ -129,25 +130,36 @@ def _finding_results(
 
 
 def analyse(
-    job: JobIdentity, entry: ModelEntry, images: Sequence[AnalysedImage], options: ResultOptions
+    job: JobIdentity,
+    entry: ModelEntry,
+    images: Sequence[AnalysedImage],
+    options: ResultOptions,
+    clock: StageClock | None = None,
 ) -> list[BuiltResult]:
-    """Run the model over ``images`` and build every result object of the job."""
+    """Run the model over ``images`` and build every result object of the job; ``clock``, if
+    given, receives the time spent preprocessing, in the model, on the CAMs and building."""
+    clock = clock if clock is not None else StageClock()
     card = entry.card
     model = load_model(entry)
-    prepared = [prepare_image(image.display, card.preprocessing) for image in images]
-    output = model.infer(np.stack([p.tensor for p in prepared]))
-    findings = [
-        _finding_results(
-            entry,
-            image,
-            output.probabilities[index],
-            output.heatmaps[index],
-            prepared[index].geometry,
-            options.default_threshold,
-        )
-        for index, image in enumerate(images)
-    ]
-    return build_results(job, algorithm_of(entry), findings, options)
+    with clock.stage("preprocess"):
+        prepared = [prepare_image(image.display, card.preprocessing) for image in images]
+        batch = np.stack([p.tensor for p in prepared])
+    with clock.stage("inference"):
+        output = model.infer(batch)
+    with clock.stage("cam"):
+        findings = [
+            _finding_results(
+                entry,
+                image,
+                output.probabilities[index],
+                output.heatmaps[index],
+                prepared[index].geometry,
+                options.default_threshold,
+            )
+            for index, image in enumerate(images)
+        ]
+    with clock.stage("build"):
+        return build_results(job, algorithm_of(entry), findings, options)
 
 
 def build_results(

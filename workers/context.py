@@ -7,8 +7,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, make_session_factory
+from dicom_node.scu import KeptAssociations
 from dicom_node.store import InstanceStore
 from models.registry import ModelRegistry
+from models.runtime import set_intra_op_threads
 from radlight.queue import TaskProducer
 from radlight.settings import Settings, load_settings
 
@@ -21,9 +23,11 @@ class WorkerContext:
     store: InstanceStore
     registry: ModelRegistry
     producer: TaskProducer
+    sender: KeptAssociations  # this process's kept-open associations to destinations
 
 
 def build_context(settings: Settings) -> WorkerContext:
+    set_intra_op_threads(settings.inference_threads)
     engine = make_engine(settings.effective_database_url)
     return WorkerContext(
         settings=settings,
@@ -32,6 +36,7 @@ def build_context(settings: Settings) -> WorkerContext:
         store=InstanceStore(settings.store_dir),
         registry=ModelRegistry(settings.models_dir),
         producer=TaskProducer(settings),
+        sender=KeptAssociations(calling_ae=settings.result_ae_title),
     )
 
 

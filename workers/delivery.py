@@ -1,7 +1,16 @@
-"""Delivering one stored result to one destination, with the state and reason recorded."""
+"""Delivering results to destinations, with the state and reason recorded.
+
+``deliver_job_results`` is the fast path: the job's own worker sends every result of the job at
+once, over an association kept open per destination (one handshake, TCP_NODELAY). What fails there
+is left RETRYING with its back-off and returned, for the caller to put on the delivery queue, where
+``deliver_result`` sends one delivery per task, as every retry does.
+"""
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
 
 from db.deliveries import claim_delivery, mark_delivery
 from db.models import Delivery, DeliveryState
@@ -74,3 +83,64 @@ def _after_failure(
         )
     logger.warning("delivery %d %s: %s", delivery_id, state.value, reason)
     return DeliveryOutcome(state=state, retry_in_s=delay, reason=reason)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    delivery_id: int
+    peer: Peer
+    attempts: int
+    dataset: Dataset
+
+
+def deliver_job_results(
+    deliveries: Sequence[tuple[int, Dataset]], ctx: WorkerContext
+) -> list[tuple[int, float | None]]:
+    """Send the given deliveries' datasets now, over ``ctx.sender``'s kept associations.
+
+    Returns ``(delivery id, back-off seconds)`` of the deliveries to queue for a retry; the failed
+    ones are already recorded (RETRYING or FAILED, with the reason). Once a destination cannot be
+    reached, the rest of its deliveries are not tried again in this call: they wait for the retry.
+    """
+    claimed: list[_Claimed] = []
+    with transaction(ctx.sessions) as session:
+        for delivery_id, dataset in deliveries:
+            if not claim_delivery(session=session, delivery_id=delivery_id):
+                continue
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None  # claimed just now
+            destination = delivery.destination
+            peer = Peer(destination.host, destination.port, destination.ae_title)
+            claimed.append(_Claimed(delivery_id, peer, delivery.attempts, dataset))
+    for peer in {item.peer for item in claimed}:
+        ctx.sender.expect(peer, [item.dataset for item in claimed if item.peer == peer])
+    sent: list[tuple[int, int]] = []
+    retries: list[tuple[int, float | None]] = []
+    unreachable: dict[Peer, TransientDeliveryError] = {}
+    for item in claimed:
+        error: DeliveryError | None = unreachable.get(item.peer)
+        if error is None:
+            try:
+                sent.append((item.delivery_id, ctx.sender.send(item.peer, item.dataset)))
+                continue
+            except DeliveryError as exc:
+                error = exc
+            except OSError as exc:
+                error = TransientDeliveryError(f"cannot send the result: {exc}")
+            if isinstance(error, TransientDeliveryError) and error.status is None:
+                unreachable[item.peer] = error  # no association at all: do not knock again
+        transient = isinstance(error, TransientDeliveryError)
+        outcome = _after_failure(ctx, item.delivery_id, item.attempts, error, transient=transient)
+        if outcome.state is DeliveryState.RETRYING:
+            retries.append((item.delivery_id, outcome.retry_in_s))
+    if sent:
+        with transaction(ctx.sessions) as session:
+            for delivery_id, status in sent:
+                mark_delivery(
+                    session=session,
+                    delivery_id=delivery_id,
+                    state=DeliveryState.SENT,
+                    status=status,
+                )
+        logger.info("%d results sent over kept associations", len(sent))
+    return retries

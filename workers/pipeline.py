@@ -14,16 +14,18 @@ made for a report posted through the API (``Job.report_id``) grounds that text o
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from io import BytesIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db.deliveries import ensure_deliveries, reopen_delivery
-from db.jobs import claim_job, finish_job
+from db.jobs import claim_job, finish_job, record_stages
 from db.models import (
     DeliveryState,
     Destination,
@@ -41,6 +43,7 @@ from models.card import InputContract
 from models.registry import ModelEntry
 from radlight.errors import ModelError, NotAnalysableError, StoreError
 from radlight.logs import log_context
+from radlight.stages import StageClock
 from workers.analysis import (
     AnalysedImage,
     BuiltResult,
@@ -51,6 +54,7 @@ from workers.analysis import (
     not_analysed,
 )
 from workers.context import WorkerContext
+from workers.delivery import deliver_job_results
 from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 from workers.lease import held_lease, worker_name
@@ -67,6 +71,7 @@ class JobInputs:
     options: ResultOptions
     instances: list[tuple[str, str]]  # (sop instance uid, relative path)
     thresholds: dict[str, float]  # the route's per-site thresholds, finding -> value
+    waited_ms: dict[str, float]  # receive, assemble and queue wait, from the rows' timestamps
     posted_report: str | None = None  # the text of the API-posted report this job grounds
 
 
@@ -115,6 +120,7 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
         options=_options(job.route, ctx),
         instances=[(row.sop_instance_uid, row.relative_path) for row in rows],
         thresholds=dict(job.route.thresholds or {}),
+        waited_ms=_waited_ms(job),
         posted_report=job.report.text if job.report is not None else None,
     )
 
@@ -142,6 +148,23 @@ def _previous_version(session: Session, job: Job, ctx: WorkerContext) -> tuple[i
         # Still a new version; only the link to the one before is missing, and said so.
         logger.warning("job %d: the report it amends cannot be read: %s", job.id, exc)
         return version, None
+
+
+def _waited_ms(job: Job) -> dict[str, float]:
+    """The stages before the worker, from timestamps: receiving the study, assembling it into
+    this job, and the job's wait for a worker (``started_at`` is the claim's time)."""
+    study = job.study
+
+    def ms(start: datetime | None, end: datetime | None) -> float:
+        if start is None or end is None:
+            return 0.0
+        return max((end - start).total_seconds() * 1000.0, 0.0)
+
+    return {
+        "receive": ms(study.first_received_at, study.last_received_at),
+        "assemble": ms(study.last_received_at, job.created_at),
+        "queue_wait": ms(job.created_at, job.started_at),
+    }
 
 
 def _with_site_thresholds(entry: ModelEntry, thresholds: Mapping[str, float]) -> ModelEntry:
@@ -205,12 +228,13 @@ def _store_results(
     inputs: JobInputs,
     entry: ModelEntry,
     built: list[BuiltResult],
-) -> list[int]:
-    """Write and record every result, replacing an earlier run's; returns deliveries to send."""
+) -> list[tuple[int, Dataset]]:
+    """Write and record every result, replacing an earlier run's; returns the deliveries to send,
+    each with its dataset."""
     job = session.get(Job, inputs.job_id)
     assert job is not None
     destinations = list(job.route.destinations)
-    delivery_ids: list[int] = []
+    to_send: list[tuple[int, Dataset]] = []
     for item in built:
         ds = item.dataset
         relative = ctx.store.result_path(
@@ -238,18 +262,24 @@ def _store_results(
         ):
             if delivery.state in (DeliveryState.SENT, DeliveryState.FAILED):
                 reopen_delivery(session=session, delivery_id=delivery.id)
-            delivery_ids.append(delivery.id)
-    return delivery_ids
+            to_send.append((delivery.id, ds))
+    return to_send
 
 
 def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
-    """Run one job to a final state; returns it, or None when another worker owns the job."""
+    """Run one job to a final state; returns it, or None when another worker owns the job.
+
+    The time spent in every stage is recorded on the job (``Job.stage_ms``).
+    """
     worker, lease_s = worker_name(), ctx.settings.job_lease_s
+    clock = StageClock()
     with transaction(ctx.sessions) as session:
         if not claim_job(session=session, job_id=job_id, worker=worker, lease_s=lease_s):
             logger.info("job %d is not claimable (already running or finished)", job_id)
             return None
         inputs = _load_inputs(session, job_id, ctx)
+    for name, waited in inputs.waited_ms.items():
+        clock.add(name, waited)
     with (
         log_context(study_uid=inputs.identity.study_instance_uid),
         held_lease(ctx.sessions, job_id, worker, lease_s),
@@ -259,25 +289,29 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
                 ctx.registry.get(inputs.model_name, inputs.model_version), inputs.thresholds
             )
         except ModelError as exc:
-            return _finish(ctx, job_id, JobState.FAILED, f"model unavailable: {exc}")
-        read = _read_inputs(ctx, inputs, entry.card.input)
+            return _finish(ctx, job_id, JobState.FAILED, f"model unavailable: {exc}", clock=clock)
+        with clock.stage("decode"):
+            read = _read_inputs(ctx, inputs, entry.card.input)
         skipped_note = "; ".join(f"{uid}: {why}" for uid, why in sorted(read.skipped.items()))
         if read.analysed:
             state = JobState.SUCCEEDED
             reason = f"some images not analysed: {skipped_note}" if read.skipped else None
             try:
-                built = _analyse(inputs, entry, read)
+                built = _analyse(inputs, entry, read, clock)
             except ModelError as exc:
-                return _finish(ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry)
+                return _finish(
+                    ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry, clock=clock
+                )
         else:
             state = JobState.NOT_ANALYSED
             nothing = "no image to ground the report on" if read.reports else "no input instances"
             reason = f"not analysed: {skipped_note or nothing}"
-            built = not_analysed(
-                inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
-            )
-        with transaction(ctx.sessions) as session:
-            delivery_ids = _store_results(ctx, session, inputs, entry, built)
+            with clock.stage("build"):
+                built = not_analysed(
+                    inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
+                )
+        with clock.stage("build"), transaction(ctx.sessions) as session:
+            to_send = _store_results(ctx, session, inputs, entry, built)
             finish_job(
                 session=session,
                 job_id=job_id,
@@ -286,6 +320,7 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
                 model_version=entry.card.version,
                 model_sha256=entry.sha256,
             )
+            record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
         log = logger.info if state is JobState.SUCCEEDED else logger.warning
         log(
             "job %d %s: %d results%s",
@@ -294,24 +329,45 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
             len(built),
             f" ({reason})" if reason else "",
         )
-        for delivery_id in delivery_ids:
-            try:
-                ctx.producer.enqueue_delivery(delivery_id)
-            except Exception as exc:  # noqa: BLE001 - any broker error; the dispatcher re-queues
-                logger.warning("could not queue delivery %d: %s", delivery_id, exc)
+        _deliver(ctx, job_id, to_send, clock)
         return state
 
 
-def _analyse(inputs: JobInputs, entry: ModelEntry, read: ReadInputs) -> list[BuiltResult]:
+def _analyse(
+    inputs: JobInputs, entry: ModelEntry, read: ReadInputs, clock: StageClock
+) -> list[BuiltResult]:
     """The job's results: findings (unless it only grounds a posted report) and grounded reports
     on the first analysed image (sorted by SOP Instance UID)."""
     image = read.analysed[0]
     if inputs.posted_report is not None:
-        return ground_report(inputs.identity, entry, image, inputs.posted_report, None)
-    built = analyse(inputs.identity, entry, read.analysed, inputs.options)
-    for report, text in read.reports:
-        built.extend(ground_report(inputs.identity, entry, image, text, report))
+        with clock.stage("build"):
+            return ground_report(inputs.identity, entry, image, inputs.posted_report, None)
+    built = analyse(inputs.identity, entry, read.analysed, inputs.options, clock)
+    with clock.stage("build"):
+        for report, text in read.reports:
+            built.extend(ground_report(inputs.identity, entry, image, text, report))
     return built
+
+
+def _deliver(
+    ctx: WorkerContext, job_id: int, to_send: list[tuple[int, Dataset]], clock: StageClock
+) -> None:
+    """Send the job's results now (``delivery_inline``) and queue what failed for a retry, or
+    queue every delivery as its own task; then record the delivery stage."""
+    queued: list[tuple[int, float | None]] = [(delivery_id, None) for delivery_id, _ in to_send]
+    if ctx.settings.delivery_inline and to_send:
+        with clock.stage("deliver"):
+            queued = deliver_job_results(to_send, ctx)
+        try:
+            with transaction(ctx.sessions) as session:
+                record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
+        except SQLAlchemyError as exc:  # the results are out; only a timing is lost
+            logger.warning("could not record job %d's delivery time: %s", job_id, exc)
+    for delivery_id, countdown in queued:
+        try:
+            ctx.producer.enqueue_delivery(delivery_id, countdown=countdown)
+        except Exception as exc:  # noqa: BLE001 - any broker error; the dispatcher re-queues
+            logger.warning("could not queue delivery %d: %s", delivery_id, exc)
 
 
 def _finish(
@@ -320,6 +376,8 @@ def _finish(
     state: JobState,
     reason: str,
     entry: ModelEntry | None = None,
+    *,
+    clock: StageClock,
 ) -> JobState:
     with transaction(ctx.sessions) as session:
         finish_job(
@@ -330,5 +388,6 @@ def _finish(
             model_version=entry.card.version if entry else None,
             model_sha256=entry.sha256 if entry else None,
         )
+        record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
     logger.warning("job %d %s: %s", job_id, state.value, reason)
     return state

@@ -70,6 +70,7 @@ _SCALARS = (
     "produce_seg",
     "produce_gsps",
     "quiet_seconds",
+    "expected_instances",
 )  # fields stored as they are; lists, thresholds and destinations need converting
 
 
@@ -102,6 +103,13 @@ class RouteIn(BaseModel):
         le=86_400,
         allow_inf_nan=False,
         description="Silence before a study is routed here; null uses the node's setting.",
+    )
+    expected_instances: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Route a study as soon as this many of the instances the route takes have "
+        "arrived (1 for single-image studies), without waiting for the quiet period.",
     )
     thresholds: Thresholds = {}
 
@@ -138,6 +146,7 @@ class RoutePatch(BaseModel):
     produce_seg: bool | None = None
     produce_gsps: bool | None = None
     quiet_seconds: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False)
+    expected_instances: int | None = Field(default=None, ge=1, le=100_000)
     thresholds: Thresholds | None = None
 
 
@@ -180,6 +189,7 @@ class RouteOut(BaseModel):
     produce_seg: bool
     produce_gsps: bool
     quiet_seconds: float | None
+    expected_instances: int | None
     thresholds: dict[str, float]
 
 
@@ -204,6 +214,7 @@ def _fields(route: Route) -> dict[str, Any]:
         "produce_seg": route.produce_seg,
         "produce_gsps": route.produce_gsps,
         "quiet_seconds": route.quiet_seconds,
+        "expected_instances": route.expected_instances,
         "thresholds": dict(route.thresholds or {}),
     }
 

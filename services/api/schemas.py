@@ -13,6 +13,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from db.models import DeliveryState, JobState, ResultKind, SCEncoding, StudyState
 from radlight import NOT_FOR_PRIMARY_DIAGNOSIS
+from radlight.stages import STAGES
 from services.operations import OperationError
 
 _UID_EXAMPLE = "1.2.826.0.1.3680043.8.498.1"
@@ -137,6 +138,24 @@ class JobOut(BaseModel):
     )
     lease_expires_at: datetime | None = Field(
         default=None, description="A running job is queued again if its worker lets this pass."
+    )
+    stage_ms: dict[str, float] | None = Field(
+        default=None,
+        description="Milliseconds spent in each stage, in pipeline order; null until a worker "
+        "has run the job. " + "; ".join(f"`{name}`: {what}" for name, what in STAGES.items()),
+        examples=[
+            {
+                "receive": 0.0,
+                "assemble": 12.1,
+                "queue_wait": 9.8,
+                "decode": 31.5,
+                "preprocess": 2.2,
+                "inference": 41.0,
+                "cam": 6.3,
+                "build": 88.4,
+                "deliver": 24.9,
+            }
+        ],
     )
     results: list[ResultOut] = []
 

@@ -63,6 +63,9 @@ class JobTimingOut(BaseModel):
     created_to_queued_s: float | None
     queued_to_started_s: float | None
     started_to_finished_s: float | None = Field(description="Inference and result building.")
+    stage_ms: dict[str, float] | None = Field(
+        description="Milliseconds per stage (see JobOut.stage_ms), as the worker recorded them."
+    )
 
 
 class DeliveryTimingOut(BaseModel):
@@ -109,6 +112,7 @@ def _timings(study: Study) -> StudyTimingsOut:
                 created_to_queued_s=seconds_between(job.created_at, job.queued_at),
                 queued_to_started_s=seconds_between(job.queued_at, job.started_at),
                 started_to_finished_s=seconds_between(job.started_at, job.finished_at),
+                stage_ms=job.stage_ms,
             )
             for job in jobs
         ],

@@ -53,6 +53,7 @@ FULL = {
     "produce_seg": True,
     "produce_gsps": True,
     "quiet_seconds": 12.5,
+    "expected_instances": 2,
     "thresholds": {"Pneumothorax": 0.35, "Effusion": 0.6},
 }
 

@@ -149,6 +149,7 @@ def test_study_detail_has_instances_jobs_results_deliveries_and_timings(
             "created_to_queued_s": 0.5,
             "queued_to_started_s": 2.0,
             "started_to_finished_s": 8.25,
+            "stage_ms": None,  # a seeded job no worker ran
         }
     ]
     assert timings["deliveries"] == [

@@ -2,6 +2,7 @@
 and a way to put received instances in it as the DICOM node does (store the bytes, record them).
 """
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,21 +28,34 @@ def worker_settings(tmp_path: Path, database_url: str, **overrides: object) -> S
         "database_url": database_url,
         "broker_url": None,  # kombu's filesystem transport under data_dir/queue: real, serverless
         "log_json": False,
+        # Deliveries go through the queue here, where the tests read them; tests of the inline
+        # path (tests/workers/test_stages.py) turn it on.
+        "delivery_inline": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def ctx(tmp_path: Path, database_url: str, tiny_model: BuiltModel) -> Iterator[WorkerContext]:
-    """A worker context on a fresh database, with the tiny classifier installed."""
-    context = build_context(worker_settings(tmp_path, database_url))
-    context.registry.install(tiny_model.onnx_path, tiny_model.card)
+@contextlib.contextmanager
+def worker_context(
+    tmp_path: Path, database_url: str, model: BuiltModel, **overrides: object
+) -> Iterator[WorkerContext]:
+    """A worker context on a fresh database with ``model`` installed, closed afterwards."""
+    context = build_context(worker_settings(tmp_path, database_url, **overrides))
+    context.registry.install(model.onnx_path, model.card)
     try:
         yield context
     finally:
+        context.sender.close()
         context.producer.close()
         context.engine.dispose()
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, database_url: str, tiny_model: BuiltModel) -> Iterator[WorkerContext]:
+    """A worker context on a fresh database, with the tiny classifier installed."""
+    with worker_context(tmp_path, database_url, tiny_model) as context:
+        yield context
 
 
 def copy_with_new_uids(

@@ -1,0 +1,133 @@
+"""End-to-end latency: one single-image study sent with storescu → its results stored in Orthanc.
+
+The full stack on this machine (bench/stack.py): private Redis, PostgreSQL or SQLite, a real
+``radlight dicom-node``, a real Celery worker process with the untrained DenseNet-121 (CPU), Orthanc
+as the destination. Studies go one at a time; each latency runs from just before storescu starts to
+the ``sent_at`` of the study's last delivery (RadLight records it when Orthanc has answered the
+C-STORE, i.e. stored it). Printed: p50/p95 per configuration and backend, and the median of every
+stage the job recorded (``Job.stage_ms``), plus ``send`` (storescu start → instance recorded).
+
+Configurations (each a before → after of the optimisations in docs/PERFORMANCE.md):
+
+- ``quiet``: the study is complete after the quiet period; assembler tick 1 s without the short
+  poll; every delivery a task of its own. The configured quiet period is SUBTRACTED from each
+  latency (the goal excludes it).
+- ``expected``: the route expects 1 instance, so the study is complete when it arrived; the
+  assembler polls every 20 ms; deliveries still one task each.
+- ``inline`` (the default configuration): as ``expected``, and the job's worker sends its results
+  itself over a kept-open association (TCP_NODELAY), all in one association.
+
+Run: ``python bench/bench_e2e.py`` (``--studies 20 --backends postgresql sqlite``).
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench.stack import (
+    build_models,
+    delivered_at,
+    first_received,
+    full_stack,
+    job_stages,
+    machine,
+    make_studies,
+    median,
+    now,
+    percentile,
+)
+from radlight.stages import STAGES
+from tests.peers import wait_for
+
+QUIET_S = 1.0
+CONFIGS: dict[str, tuple[int | None, dict[str, str]]] = {
+    "quiet": (
+        None,
+        {
+            "RADLIGHT_ASSEMBLER_INTERVAL_S": "1.0",
+            "RADLIGHT_ASSEMBLER_POLL_S": "1.0",
+            "RADLIGHT_DELIVERY_INLINE": "false",
+        },
+    ),
+    "expected": (
+        1,
+        {
+            "RADLIGHT_ASSEMBLER_INTERVAL_S": "1.0",
+            "RADLIGHT_ASSEMBLER_POLL_S": "0.02",
+            "RADLIGHT_DELIVERY_INLINE": "false",
+        },
+    ),
+    "inline": (
+        1,
+        {
+            "RADLIGHT_ASSEMBLER_INTERVAL_S": "1.0",
+            "RADLIGHT_ASSEMBLER_POLL_S": "0.02",
+            "RADLIGHT_DELIVERY_INLINE": "true",
+        },
+    ),
+}
+
+
+def run(workdir: Path, models: Path, backend: str, config: str, count: int) -> None:
+    expected, settings = CONFIGS[config]
+    quiet = 0.0 if expected is not None else QUIET_S
+    with full_stack(
+        workdir,
+        models,
+        backend=backend,
+        expected_instances=expected,
+        quiet_s=QUIET_S,
+        settings=settings,
+    ) as stack:
+        latencies: list[float] = []
+        sends: list[float] = []
+        uids: list[str] = []
+        for study_uid, path in make_studies(workdir / "studies", count):
+            start = now()
+            stack.send(path)
+            done = wait_for(
+                lambda uid=study_uid: delivered_at(stack.engine, uid),  # type: ignore[misc]
+                timeout=60,
+                interval=0.005,
+                what="the study's results in Orthanc",
+            )
+            latencies.append((done - start).total_seconds() - quiet)
+            sends.append((first_received(stack.engine, study_uid) - start).total_seconds() * 1e3)
+            uids.append(study_uid)
+        stored = len(stack.orthanc.get("/instances"))
+        stages = job_stages(stack.engine, uids)
+    assembled = [s.get("assemble", 0.0) - quiet * 1e3 for s in stages]
+    breakdown = {name: median([s.get(name, 0.0) for s in stages]) for name in STAGES}
+    breakdown["assemble"] = median(assembled)
+    print(
+        f"| {backend} | {config} | {count} | {percentile(latencies, 50) * 1e3:.0f} | "
+        f"{percentile(latencies, 95) * 1e3:.0f} | {median(sends):.0f} | "
+        + " | ".join(f"{breakdown[name]:.0f}" for name in STAGES)
+        + f" | {stored} |",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--backends", nargs="+", default=["postgresql", "sqlite"])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    args = parser.parse_args()
+    print(f"# end to end, single-image studies one at a time; {machine()}")
+    print(f"# quiet period {QUIET_S} s, subtracted from latencies where it applies ('quiet')")
+    print("# milliseconds; stage columns are medians of Job.stage_ms ('assemble' less the quiet)")
+    header = ["backend", "config", "studies", "p50", "p95", "send", *STAGES, "in Orthanc"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    with tempfile.TemporaryDirectory(prefix="radlight-bench-e2e-") as tmp:
+        root = Path(tmp)
+        models = build_models(root)
+        for backend in args.backends:
+            for config in args.configs:
+                run(root / f"{backend}-{config}", models, backend, config, args.studies)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

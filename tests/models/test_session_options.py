@@ -1,0 +1,35 @@
+"""The onnxruntime session options a worker runs with: full graph optimisation, sequential
+execution, and the intra-op thread count its settings give (real tiny ONNX model)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from models.export import build_tiny_classifier
+from models.runtime import Classifier, clear_session_cache, set_intra_op_threads
+
+
+@pytest.fixture
+def fresh_sessions() -> Iterator[None]:
+    clear_session_cache()
+    try:
+        yield
+    finally:
+        set_intra_op_threads(0)
+        clear_session_cache()
+
+
+@pytest.mark.usefixtures("fresh_sessions")
+def test_sessions_use_the_configured_threads_and_every_optimisation(tmp_path: Path) -> None:
+    built = build_tiny_classifier(tmp_path)
+    set_intra_op_threads(1)
+    options = Classifier.load(
+        built.onnx_path, sha256=built.card.sha256
+    ).session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        set_intra_op_threads(-1)
