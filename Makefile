@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := dcmtk orthanc dicom3tools chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery
+.PHONY: setup system-packages venv demo test lint typecheck pytest bench conformance deploy-check clean gallery fuzz
 
 setup: system-packages venv
 
@@ -61,6 +61,11 @@ conformance: venv
 # schemas, conformance statement (the process-set end-to-end test runs with `make pytest`).
 deploy-check: venv
 	$(PY) -m pytest tests/deploy --deselect tests/deploy/test_process_set.py
+
+# The hostile-DICOM fuzz test with many more cases than CI runs (nightly-style).
+FUZZ_EXAMPLES ?= 500
+fuzz: venv
+	RADLIGHT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/dicom_node/test_fuzz.py tests/dicom_node/test_headers_hostile.py
 
 clean:
 	rm -rf radlight-data .pytest_cache .mypy_cache .ruff_cache

@@ -37,6 +37,7 @@ from dicom_node.status import (
 )
 from dicom_node.store import InstanceStore, StoredFile
 from radlight.errors import (
+    InstanceTooLargeError,
     InvalidInstanceError,
     MissingAttributeError,
     SOPClassMismatchError,
@@ -78,6 +79,8 @@ def _status_for(error: InvalidInstanceError) -> int:
         return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS
     if isinstance(error, MissingAttributeError):
         return STATUS_MISSING_REQUIRED_ATTRIBUTE
+    if isinstance(error, InstanceTooLargeError):
+        return STATUS_OUT_OF_RESOURCES_TOO_LARGE
     return STATUS_CANNOT_UNDERSTAND
 
 
@@ -91,9 +94,13 @@ def _refuse(
     request_sop_instance: str | None,
     encoded: bytes | None,
 ) -> int:
-    """Record a refusal (bytes kept in quarantine) and return its status; never raises."""
+    """Record a refusal (``encoded`` kept in quarantine) and return its status; never raises.
+
+    Callers pass ``encoded=None`` where keeping the bytes would itself be the harm (an instance
+    over the size limit); a deflate bomb's few received bytes are kept like any other refusal.
+    """
     quarantine = None
-    if encoded is not None and status != STATUS_OUT_OF_RESOURCES_TOO_LARGE:
+    if encoded is not None:
         quarantine = ctx.store.quarantine(encoded, reason_code=f"{status:04X}")
     logger.warning("refused C-STORE with status 0x%04X: %s", status, reason)
     try:
@@ -147,7 +154,11 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                     encoded=None,
                 )
             header = read_header(
-                encoded, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
+                encoded,
+                expected_sop_class_uid=sop_class,
+                expected_sop_instance_uid=sop_instance,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                max_inflated_bytes=ctx.max_instance_bytes,
             )
             stored = ctx.store.write(
                 ctx.store.instance_path(
