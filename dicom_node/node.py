@@ -8,6 +8,7 @@ conflicting inserts that fail and are retried on the next tick), so deployments 
 """
 
 import logging
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from db.session import make_engine, make_session_factory
 from dicom_node.assembly import Assembler, AssemblerThread
 from dicom_node.scp import StoreContext, handlers, make_ae
 from dicom_node.store import InstanceStore
+from dicom_node.tls import server_context
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
 
@@ -34,6 +36,17 @@ def _make_assembler(
         producer,
         quiet_seconds=settings.study_quiet_seconds,
         requeue_after_s=settings.requeue_after_s,
+    )
+
+
+def _server_tls(settings: Settings) -> ssl.SSLContext | None:
+    if settings.dicom_tls_cert_file is None or settings.dicom_tls_key_file is None:
+        return None
+    return server_context(
+        cert_file=settings.dicom_tls_cert_file,
+        key_file=settings.dicom_tls_key_file,
+        ca_file=settings.dicom_tls_ca_file,
+        require_client_cert=settings.dicom_tls_require_client_cert,
     )
 
 
@@ -66,16 +79,18 @@ class DicomNode:
         self._server = self._ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port),
             block=False,
+            ssl_context=_server_tls(self.settings),
             evt_handlers=handlers(ctx),
         )
         if self.run_assembler:
             self._thread = AssemblerThread(self.assembler, self.settings.assembler_interval_s)
             self._thread.start()
         logger.info(
-            "DICOM node %s listening on %s:%d (assembler %s)",
+            "DICOM node %s listening on %s:%d%s (assembler %s)",
             self.settings.ae_title,
             self.settings.dicom_host,
             self.settings.dicom_port,
+            " over TLS" if self.settings.dicom_tls else "",
             "in this process" if self.run_assembler else "in the dispatcher",
         )
 

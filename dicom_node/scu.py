@@ -6,6 +6,7 @@ rejection, 0xA9xx, 0xCxxx, ...) are permanent and recorded as such.
 """
 
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +14,14 @@ from pydicom import dcmread
 from pydicom.uid import UID
 from pynetdicom import AE
 
+from db.models import Destination
 from dicom_node.status import (
     TRANSIENT_FAILURES,
     is_out_of_resources,
     is_success_or_warning,
 )
-from radlight.errors import PermanentDeliveryError, TransientDeliveryError
+from dicom_node.tls import TlsClient, client_context
+from radlight.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,25 @@ class Peer:
     host: str
     port: int
     ae_title: str
+    tls: TlsClient | None = None  # None: plain TCP
+
+    @classmethod
+    def of(cls, destination: Destination) -> "Peer":
+        """The peer a destination row describes, with its TLS settings when it has them on."""
+        tls = None
+        if destination.tls_enabled:
+            tls = TlsClient(
+                ca_file=destination.tls_ca_file,
+                cert_file=destination.tls_cert_file,
+                key_file=destination.tls_key_file,
+            )
+        return cls(destination.host, destination.port, destination.ae_title, tls)
+
+    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's ``tls_args``; raises ConfigurationError when a file cannot be used."""
+        if self.tls is None:
+            return None
+        return client_context(self.tls), self.host
 
 
 def proposed_syntaxes(syntax: UID) -> list[str]:
@@ -58,7 +80,11 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
     syntaxes = proposed_syntaxes(UID(str(dataset.file_meta.TransferSyntaxUID)))
     ae.add_requested_context(sop_class, syntaxes)
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        tls_args = peer.tls_args()
+    except ConfigurationError as exc:
+        raise PermanentDeliveryError(f"TLS settings of {peer.ae_title}: {exc}") from exc
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     except OSError as exc:
         raise TransientDeliveryError(f"cannot reach {peer.host}:{peer.port}: {exc}") from exc
     if not assoc.is_established:
@@ -75,6 +101,7 @@ def send_file(peer: Peer, path: Path, *, calling_ae: str, timeout_s: float = 30.
             raise TransientDeliveryError(why)
         raise TransientDeliveryError(
             f"no association with {peer.ae_title} at {peer.host}:{peer.port}"
+            + (" (TLS handshake or certificate refused?)" if peer.tls else "")
         )
     try:
         if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):

@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     max_instance_bytes: int = Field(default=2 * 1024**3, gt=0)
+    dicom_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the SCP; with the key, enables TLS."
+    )
+    dicom_tls_key_file: Path | None = Field(default=None, description="PEM private key of the SCP.")
+    dicom_tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates that client certificates must chain to."
+    )
+    dicom_tls_require_client_cert: bool = Field(
+        default=True, description="Refuse TLS clients without a certificate from the CA file."
+    )
 
     study_quiet_seconds: float = Field(default=5.0, ge=0, description="Study is complete after.")
     assembler_interval_s: float = Field(default=1.0, gt=0)
@@ -59,6 +69,15 @@ class Settings(BaseSettings):
         description="Signs API tokens; unset = a random key kept in <data_dir>/secret_key (0600).",
     )
     access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    login_max_failures_per_user: int = Field(
+        default=5, ge=0, description="Failed sign-ins per username in the window; 0 = no limit."
+    )
+    login_max_failures_per_address: int = Field(
+        default=30, ge=0, description="Failed sign-ins per client address in the window; 0 = none."
+    )
+    login_lockout_s: int = Field(
+        default=900, ge=1, description="The window (and lockout) for failed sign-ins, seconds."
+    )
     secure_cookies: bool = Field(
         default=False, description="Mark dashboard cookies Secure (set it behind HTTPS)."
     )
@@ -79,6 +98,22 @@ class Settings(BaseSettings):
         if not value.strip() or "\\" in value or any(ord(c) < 32 for c in value):
             raise ValueError("AE title must be 1-16 printable characters without backslash")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> "Settings":
+        if (self.dicom_tls_cert_file is None) != (self.dicom_tls_key_file is None):
+            raise ValueError("DICOM TLS needs both RADLIGHT_DICOM_TLS_CERT_FILE and _KEY_FILE")
+        if self.dicom_tls and self.dicom_tls_require_client_cert and not self.dicom_tls_ca_file:
+            raise ValueError(
+                "RADLIGHT_DICOM_TLS_REQUIRE_CLIENT_CERT needs RADLIGHT_DICOM_TLS_CA_FILE "
+                "(or set it to false)"
+            )
+        return self
+
+    @property
+    def dicom_tls(self) -> bool:
+        """Whether the SCP speaks TLS (a certificate and key are configured)."""
+        return self.dicom_tls_cert_file is not None
 
     @cached_property
     def resolved_data_dir(self) -> Path:

@@ -31,9 +31,7 @@ def deliver_result(delivery_id: int, ctx: WorkerContext) -> DeliveryOutcome:
             return DeliveryOutcome(state=current.state, reason="not claimable")
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None  # claimed just now
-        peer = Peer(
-            delivery.destination.host, delivery.destination.port, delivery.destination.ae_title
-        )
+        peer = Peer.of(delivery.destination)
         path = ctx.store.absolute(delivery.result.relative_path)
         attempts = delivery.attempts
     try:
