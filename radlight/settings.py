@@ -12,6 +12,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Settings that hold secrets; each may instead be read from the file that RADLIGHT_<NAME>_FILE names.
+SECRET_FIELDS = ("secret_key", "database_url", "broker_url")
+
 
 class Settings(BaseSettings):
     """Every tunable of a RadLight process."""
@@ -64,6 +67,15 @@ class Settings(BaseSettings):
         default=0.5, ge=0.0, le=1.0, description="Operating threshold where a card sets none."
     )
 
+    secret_key_file: Path | None = Field(
+        default=None, description="A file holding the secret key (instead of RADLIGHT_SECRET_KEY)."
+    )
+    database_url_file: Path | None = Field(
+        default=None, description="A file holding the database URL, which has its password."
+    )
+    broker_url_file: Path | None = Field(
+        default=None, description="A file holding the broker URL, which has its password."
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Signs API tokens; unset = a random key kept in <data_dir>/secret_key (0600).",
@@ -98,6 +110,28 @@ class Settings(BaseSettings):
         if not value.strip() or "\\" in value or any(ord(c) < 32 for c in value):
             raise ValueError("AE title must be 1-16 printable characters without backslash")
         return value.strip()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: object) -> object:
+        """``RADLIGHT_SECRET_KEY_FILE`` etc.: read a secret from a file (Docker/Kubernetes secrets)."""
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_FIELDS:
+            path = data.get(f"{name}_file")
+            if path is None:
+                continue
+            if data.get(name) is not None:
+                raise ValueError(
+                    f"set RADLIGHT_{name.upper()} or RADLIGHT_{name.upper()}_FILE, not both"
+                )
+            try:
+                data[name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read RADLIGHT_{name.upper()}_FILE: {exc.strerror}"
+                ) from exc
+        return data
 
     @model_validator(mode="after")
     def _tls_files_together(self) -> "Settings":
