@@ -23,11 +23,12 @@ system-packages:
 venv: $(VENV)/.installed
 
 # torch is pinned to the CPU build and installed first, so nothing pulls a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every other package (scripts/lock_requirements.py makes it).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,export]'
+	$(PY) -m pip install -q -c requirements.lock torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,export]'
 	touch $@
 
 demo: setup
