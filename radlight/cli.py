@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"radlight: invalid settings: {exc}\n")
         return 2
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, settings.log_dicom_level)
     func: Command = args.func
     try:
         return func(args, settings)

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
 
     log_json: bool = True
     log_level: str = "INFO"
+    log_dicom_level: str = Field(
+        default="WARNING",
+        description="pynetdicom's and pydicom's own log level (no PHI either way).",
+    )
 
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod

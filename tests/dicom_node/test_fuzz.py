@@ -35,7 +35,7 @@ from services.security import hash_password, issue_token, load_secret_key
 from tests.dicom_node import hostile
 from tests.peers import Service, echo_ok, free_port, node_env, radlight_service, wait_for
 
-FUZZ_EXAMPLES = int(os.environ.get("RADLIGHT_FUZZ_EXAMPLES", "20"))
+FUZZ_EXAMPLES = int(os.environ.get("RADLIGHT_FUZZ_EXAMPLES", "15"))
 NODE_LIMIT_BYTES = 4 * 1024 * 1024  # the node's max instance size in this test
 FAILURES = "/api/v1/ingest-failures"
 
