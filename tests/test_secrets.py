@@ -22,7 +22,8 @@ ANYWHERE = {
     "Slack token": re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
     "signed token (JWT)": re.compile(r"\beyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]{10,}"),
     "RadLight API key": re.compile(r"\brlk_[0-9a-f]{16}_[\w-]{40,}"),
-    # scheme://user:password@host, unless the password is a ${VARIABLE} or a PLACEHOLDER
+    # a URL with a user and password before the host, unless the password is a ${VARIABLE}
+    # or an upper-case PLACEHOLDER
     "URL with a password": re.compile(
         r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:(?![$A-Z_{]+[@}])[^@\s/'\"]{4,}@"
     ),
@@ -74,10 +75,11 @@ def find_secrets(path: Path, text: str) -> list[str]:
 
 def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
     planted = REPO_ROOT / "services" / "planted.py"  # a path outside tests/, never written
+    # Split in the source, so that this file does not hold what it plants.
     samples = [
-        "-----BEGIN EC PRIVATE KEY-----",
-        "aws = 'AKIAABCDEFGHIJKLMNOP'",
-        "url = 'postgresql://radlight:hunter2hunter2@db:5432/radlight'",
+        "-----BEGIN EC PRIVATE" + " KEY-----",
+        "aws = 'AKIA" + "ABCDEFGHIJKLMNOP'",
+        "url = 'postgresql://radlight:" + "hunter2hunter2@db:5432/radlight'",
         'SECRET_KEY = "0123456789abcdef0123"',
         "token: rlk_0123456789abcdef_" + "x" * 43,
     ]
