@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
@@ -258,6 +258,7 @@ def test_hostile_dicom_never_crashes_the_node(
     )
     @given(mutations(originals, explicit))
     def case(mutation: Mutation) -> None:
+        note(mutation.what)  # hypothesis prints it with a failing case
         data = mutation.make()
         assert_refused_and_recorded(
             hostile_node, data, mutation.expected, mutation.what, kept=mutation.kept
