@@ -8,7 +8,7 @@ APT_PACKAGES := dcmtk orthanc dicom3tools chromium redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages venv demo test lint typecheck pytest bench bench-ingest conformance \
-	deploy-check clean gallery evaluate-grounding soak
+	deploy-check clean gallery evaluate-grounding soak fuzz
 
 setup: system-packages venv
 
@@ -24,11 +24,12 @@ system-packages:
 venv: $(VENV)/.installed
 
 # torch is pinned to the CPU build and installed first, so nothing pulls a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every other package (scripts/lock_requirements.py makes it).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,export]'
+	$(PY) -m pip install -q -c requirements.lock torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,export]'
 	touch $@
 
 demo: setup
@@ -87,6 +88,11 @@ SOAK_STUDIES ?= 50
 soak: venv
 	RADLIGHT_LOAD_SENDERS=$(SOAK_SENDERS) RADLIGHT_LOAD_STUDIES=$(SOAK_STUDIES) \
 		$(PY) -m pytest tests/reliability/test_load.py -s
+
+# The hostile-DICOM fuzz test with many more cases than CI runs (nightly-style).
+FUZZ_EXAMPLES ?= 500
+fuzz: venv
+	RADLIGHT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/dicom_node/test_fuzz.py tests/dicom_node/test_headers_hostile.py
 
 clean:
 	rm -rf radlight-data .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,9 @@ def upsert_destination(
     ae_title: str,
     enabled: bool = True,
     sc_encoding: SCEncoding | str = SCEncoding.LOSSLESS,
+    tls: tuple[str | None, str | None, str | None] | None = None,
 ) -> Destination:
+    """Add or update a destination; ``tls`` = (CA file, client cert file, key file) turns TLS on."""
     destination = session.scalars(select(Destination).where(Destination.name == name)).one_or_none()
     if destination is None:
         destination = Destination(name=name)
@@ -44,6 +46,12 @@ def upsert_destination(
     destination.ae_title = ae_title
     destination.enabled = enabled
     destination.sc_encoding = SCEncoding(sc_encoding)
+    destination.tls_enabled = tls is not None
+    destination.tls_ca_file, destination.tls_cert_file, destination.tls_key_file = tls or (
+        None,
+        None,
+        None,
+    )
     session.flush()
     return destination
 

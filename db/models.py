@@ -202,6 +202,11 @@ class Destination(Base):
     sc_encoding: Mapped[SCEncoding] = mapped_column(
         _enum(SCEncoding), default=SCEncoding.LOSSLESS, server_default=SCEncoding.LOSSLESS.value
     )
+    # DICOM TLS to this peer. Paths to PEM files on the worker (mounted secrets), never the keys.
+    tls_enabled: Mapped[bool] = mapped_column(default=False, server_default=false())
+    tls_ca_file: Mapped[str | None] = mapped_column(String(512))
+    tls_cert_file: Mapped[str | None] = mapped_column(String(512))
+    tls_key_file: Mapped[str | None] = mapped_column(String(512))
 
 
 class Route(Base):

@@ -14,6 +14,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.scu import Peer
 from dicom_node.status import STATUS_SUCCESS
+from radlight.errors import ConfigurationError
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -50,7 +51,17 @@ def echo(peer: Peer, *, calling_ae: str, timeout_s: float = DEFAULT_TIMEOUT_S) -
     connected = threading.Event()
     handlers: list[Any] = [(evt.EVT_CONN_OPEN, lambda event: connected.set())]
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers)
+        tls_args = peer.tls_args()
+    except ConfigurationError as exc:
+        return done(False, error=f"TLS settings: {exc}")
+    try:
+        assoc = ae.associate(
+            peer.host,
+            peer.port,
+            ae_title=peer.ae_title,
+            evt_handlers=handlers,
+            tls_args=tls_args,
+        )
     except (OSError, ValueError) as exc:
         return done(False, error=f"cannot reach {peer.host}:{peer.port}: {exc}")
     if not assoc.is_established:
@@ -58,7 +69,8 @@ def echo(peer: Peer, *, calling_ae: str, timeout_s: float = DEFAULT_TIMEOUT_S) -
             return done(
                 False,
                 error=f"cannot connect to {peer.host}:{peer.port} "
-                "(refused, unreachable, unknown host or timed out)",
+                "(refused, unreachable, unknown host or timed out"
+                + (", or the TLS handshake failed)" if peer.tls else ")"),
             )
         if assoc.is_rejected:
             return done(False, error=_rejection(peer, assoc.acceptor.primitive))

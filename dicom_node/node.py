@@ -12,6 +12,7 @@ import ctypes.util
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from dicom_node.assembly import Assembler, AssemblerThread
 from dicom_node.incoming import receive_into
 from dicom_node.scp import StoreContext, handlers, make_ae
 from dicom_node.store import InstanceStore
+from dicom_node.tls import server_context
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
 
@@ -96,6 +98,17 @@ class ListenerProcesses:
         self._processes.clear()
 
 
+def _server_tls(settings: Settings) -> ssl.SSLContext | None:
+    if settings.dicom_tls_cert_file is None or settings.dicom_tls_key_file is None:
+        return None
+    return server_context(
+        cert_file=settings.dicom_tls_cert_file,
+        key_file=settings.dicom_tls_key_file,
+        ca_file=settings.dicom_tls_ca_file,
+        require_client_cert=settings.dicom_tls_require_client_cert,
+    )
+
+
 class DicomNode:
     """Owns the AE's server, the assembler (unless ``run_assembler`` is false) and their resources."""
 
@@ -135,6 +148,7 @@ class DicomNode:
         self._server = self._ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port),
             block=False,
+            ssl_context=_server_tls(self.settings),
             evt_handlers=handlers(ctx),
         )
         self.listeners.start()
@@ -144,10 +158,11 @@ class DicomNode:
             )
             self._thread.start()
         logger.info(
-            "DICOM node %s listening on %s:%d (assembler %s)",
+            "DICOM node %s listening on %s:%d%s (assembler %s)",
             self.settings.ae_title,
             self.settings.dicom_host,
             self.settings.dicom_port,
+            " over TLS" if self.settings.dicom_tls else "",
             "in this process" if self.run_assembler else "in the dispatcher",
         )
 

@@ -47,6 +47,7 @@ from dicom_node.status import (
 from dicom_node.store import InstanceStore, StoredFile
 from dicom_node.transport import NodeRequestHandler, NodeServer
 from radlight.errors import (
+    InstanceTooLargeError,
     InvalidInstanceError,
     MissingAttributeError,
     SOPClassMismatchError,
@@ -92,6 +93,8 @@ def _status_for(error: InvalidInstanceError) -> int:
         return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS
     if isinstance(error, MissingAttributeError):
         return STATUS_MISSING_REQUIRED_ATTRIBUTE
+    if isinstance(error, InstanceTooLargeError):
+        return STATUS_OUT_OF_RESOURCES_TOO_LARGE
     return STATUS_CANNOT_UNDERSTAND
 
 
@@ -106,9 +109,10 @@ def _refuse(
     received: Path | None,
 ) -> int:
     """Record a refusal (the received file kept in quarantine) and return its status; never
-    raises."""
+    raises. Callers pass ``received=None`` where keeping the bytes would itself be the harm (an
+    instance over the size limit); a deflate bomb's few received bytes are kept like any other."""
     quarantine = None
-    if received is not None and status != STATUS_OUT_OF_RESOURCES_TOO_LARGE:
+    if received is not None:
         quarantine = ctx.store.quarantine_file(received, reason_code=f"{status:04X}")
     logger.warning("refused C-STORE with status 0x%04X: %s", status, reason)
     try:
@@ -175,7 +179,11 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
             # The file is already on the store's disk: what must stay free is checked after it.
             ctx.store.check_room(0, min_free_bytes=ctx.min_free_bytes)
             header = read_header_file(
-                received, expected_sop_class_uid=sop_class, expected_sop_instance_uid=sop_instance
+                received,
+                expected_sop_class_uid=sop_class,
+                expected_sop_instance_uid=sop_instance,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                max_inflated_bytes=ctx.max_instance_bytes,
             )
             stored = ctx.store.adopt(
                 received,

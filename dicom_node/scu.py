@@ -7,6 +7,7 @@ rejection, 0xA9xx, 0xCxxx, ...) are permanent and recorded as such.
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -21,12 +22,14 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
+from db.models import Destination
 from dicom_node.status import (
     TRANSIENT_FAILURES,
     is_out_of_resources,
     is_success_or_warning,
 )
-from radlight.errors import PermanentDeliveryError, TransientDeliveryError
+from dicom_node.tls import TlsClient, client_context
+from radlight.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,25 @@ class Peer:  # hashable: the key of a kept association
     host: str
     port: int
     ae_title: str
+    tls: TlsClient | None = None  # None: plain TCP
+
+    @classmethod
+    def of(cls, destination: Destination) -> "Peer":
+        """The peer a destination row describes, with its TLS settings when it has them on."""
+        tls = None
+        if destination.tls_enabled:
+            tls = TlsClient(
+                ca_file=destination.tls_ca_file,
+                cert_file=destination.tls_cert_file,
+                key_file=destination.tls_key_file,
+            )
+        return cls(destination.host, destination.port, destination.ae_title, tls)
+
+    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's ``tls_args``; raises ConfigurationError when a file cannot be used."""
+        if self.tls is None:
+            return None
+        return client_context(self.tls), self.host
 
 
 def proposed_syntaxes(syntax: UID) -> list[str]:
@@ -88,7 +110,11 @@ def _associate(
             if UID(syntax).is_compressed:
                 ae.add_requested_context(sop_class, [syntax])
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        tls_args = peer.tls_args()
+    except ConfigurationError as exc:
+        raise PermanentDeliveryError(f"TLS settings of {peer.ae_title}: {exc}") from exc
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     except OSError as exc:
         raise TransientDeliveryError(f"cannot reach {peer.host}:{peer.port}: {exc}") from exc
     if not assoc.is_established:
@@ -105,6 +131,7 @@ def _associate(
             raise TransientDeliveryError(why)
         raise TransientDeliveryError(
             f"no association with {peer.ae_title} at {peer.host}:{peer.port}"
+            + (" (TLS handshake or certificate refused?)" if peer.tls else "")
         )
     return assoc
 

@@ -182,8 +182,10 @@ def cmd_destination_add(args: argparse.Namespace, settings: Settings) -> int:
             port=args.port,
             ae_title=args.ae_title,
             sc_encoding=args.sc_encoding,
+            tls=(args.tls_ca_file, args.tls_cert_file, args.tls_key_file) if args.tls else None,
         )
-    out(f"destination {args.name} -> {args.ae_title}@{args.host}:{args.port}")
+    tls = " over TLS" if args.tls else ""
+    out(f"destination {args.name} -> {args.ae_title}@{args.host}:{args.port}{tls}")
     return 0
 
 
@@ -292,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="lossless",
         help="how this destination gets Secondary Capture images (JPEG baseline is lossy)",
     )
+    dest_add.add_argument("--tls", action="store_true", help="send over DICOM TLS")
+    dest_add.add_argument("--tls-ca-file", help="PEM CAs the peer's certificate must chain to")
+    dest_add.add_argument("--tls-cert-file", help="PEM client certificate, if the peer wants one")
+    dest_add.add_argument("--tls-key-file", help="PEM key of the client certificate")
 
     routes = sub.add_parser("routes", help="routing rules").add_subparsers(
         dest="route_cmd", required=True
@@ -326,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"radlight: invalid settings: {exc}\n")
         return 2
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, settings.log_dicom_level)
     func: Command = args.func
     try:
         return func(args, settings)

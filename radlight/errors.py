@@ -8,6 +8,7 @@
     │   ├── MalformedInstanceError    truncated or undecodable encoding (DIMSE 0xC210)
     │   ├── MissingAttributeError     no valid Study/Series/SOP Instance UID (DIMSE 0xC211)
     │   ├── SOPClassMismatchError     dataset disagrees with the negotiated SOP class (0xA900)
+    │   ├── InstanceTooLargeError     over the size limit, or inflates beyond it (0xA701)
     │   └── UnsupportedSOPClassError  the SOP class is not one we store (DIMSE 0x0122)
     ├── NotAnalysableError          a valid instance the pipeline must not analyse
     │                                (lateral, non-chest, no pixel data): job "not_analysed"
@@ -52,6 +53,10 @@ class MissingAttributeError(InvalidInstanceError):
 
 class SOPClassMismatchError(InvalidInstanceError):
     """The dataset's SOP Class or Instance UID disagrees with the DIMSE request."""
+
+
+class InstanceTooLargeError(InvalidInstanceError):
+    """The instance, or what its deflated data set inflates to, is over the size limit."""
 
 
 class UnsupportedSOPClassError(InvalidInstanceError):

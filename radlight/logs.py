@@ -51,8 +51,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO", json_output: bool = True) -> None:
-    """Configure the root logger once per process; silences pynetdicom's dataset dumps (PHI)."""
+def configure_logging(
+    level: str = "INFO", json_output: bool = True, dicom_level: str = "WARNING"
+) -> None:
+    """Configure the root logger once per process; silences pynetdicom's dataset dumps (PHI).
+
+    ``dicom_level`` is pynetdicom's and pydicom's own level. Even at DEBUG they log no patient
+    data: pynetdicom's per-message handlers and identifier dumps are switched off here
+    (tests/integration/test_no_phi_in_logs.py runs the whole stack so).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
     if json_output:
@@ -62,6 +69,11 @@ def configure_logging(level: str = "INFO", json_output: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs identifiers and whole datasets at DEBUG/INFO: keep it to warnings.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("pydicom").setLevel(logging.WARNING)
+    # pynetdicom would log every dataset and identifier it handles (patient data).
+    from pynetdicom import _config
+
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    logging.getLogger("pynetdicom").setLevel(dicom_level.upper())
+    logging.getLogger("pydicom").setLevel(dicom_level.upper())

@@ -9,8 +9,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Settings that hold secrets; each may instead be read from the file that RADLIGHT_<NAME>_FILE names.
+SECRET_FIELDS = ("secret_key", "database_url", "broker_url")
 
 
 class Settings(BaseSettings):
@@ -42,6 +45,16 @@ class Settings(BaseSettings):
     )
     dicom_listeners: int = Field(
         default=1, ge=1, le=64, description="Node processes sharing the DICOM port (SO_REUSEPORT)."
+    )
+    dicom_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the SCP; with the key, enables TLS."
+    )
+    dicom_tls_key_file: Path | None = Field(default=None, description="PEM private key of the SCP.")
+    dicom_tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates that client certificates must chain to."
+    )
+    dicom_tls_require_client_cert: bool = Field(
+        default=True, description="Refuse TLS clients without a certificate from the CA file."
     )
 
     study_quiet_seconds: float = Field(default=5.0, ge=0, description="Study is complete after.")
@@ -88,11 +101,29 @@ class Settings(BaseSettings):
         default=0.5, ge=0.0, le=1.0, description="Operating threshold where a card sets none."
     )
 
+    secret_key_file: Path | None = Field(
+        default=None, description="A file holding the secret key (instead of RADLIGHT_SECRET_KEY)."
+    )
+    database_url_file: Path | None = Field(
+        default=None, description="A file holding the database URL, which has its password."
+    )
+    broker_url_file: Path | None = Field(
+        default=None, description="A file holding the broker URL, which has its password."
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Signs API tokens; unset = a random key kept in <data_dir>/secret_key (0600).",
     )
     access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    login_max_failures_per_user: int = Field(
+        default=5, ge=0, description="Failed sign-ins per username in the window; 0 = no limit."
+    )
+    login_max_failures_per_address: int = Field(
+        default=30, ge=0, description="Failed sign-ins per client address in the window; 0 = none."
+    )
+    login_lockout_s: int = Field(
+        default=900, ge=1, description="The window (and lockout) for failed sign-ins, seconds."
+    )
     secure_cookies: bool = Field(
         default=False, description="Mark dashboard cookies Secure (set it behind HTTPS)."
     )
@@ -105,6 +136,10 @@ class Settings(BaseSettings):
     grounding_max_image_bytes: int = Field(default=16 * 1024**2, ge=1024, le=256 * 1024**2)
     log_json: bool = True
     log_level: str = "INFO"
+    log_dicom_level: str = Field(
+        default="WARNING",
+        description="pynetdicom's and pydicom's own log level (no PHI either way).",
+    )
 
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod
@@ -119,6 +154,44 @@ class Settings(BaseSettings):
         if not value.strip() or "\\" in value or any(ord(c) < 32 for c in value):
             raise ValueError("AE title must be 1-16 printable characters without backslash")
         return value.strip()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: object) -> object:
+        """``RADLIGHT_SECRET_KEY_FILE`` etc.: read a secret from a file (Docker/Kubernetes secrets)."""
+        if not isinstance(data, dict):
+            return data
+        for name in SECRET_FIELDS:
+            path = data.get(f"{name}_file")
+            if path is None:
+                continue
+            if data.get(name) is not None:
+                raise ValueError(
+                    f"set RADLIGHT_{name.upper()} or RADLIGHT_{name.upper()}_FILE, not both"
+                )
+            try:
+                data[name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read RADLIGHT_{name.upper()}_FILE: {exc.strerror}"
+                ) from exc
+        return data
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> "Settings":
+        if (self.dicom_tls_cert_file is None) != (self.dicom_tls_key_file is None):
+            raise ValueError("DICOM TLS needs both RADLIGHT_DICOM_TLS_CERT_FILE and _KEY_FILE")
+        if self.dicom_tls and self.dicom_tls_require_client_cert and not self.dicom_tls_ca_file:
+            raise ValueError(
+                "RADLIGHT_DICOM_TLS_REQUIRE_CLIENT_CERT needs RADLIGHT_DICOM_TLS_CA_FILE "
+                "(or set it to false)"
+            )
+        return self
+
+    @property
+    def dicom_tls(self) -> bool:
+        """Whether the SCP speaks TLS (a certificate and key are configured)."""
+        return self.dicom_tls_cert_file is not None
 
     @cached_property
     def resolved_data_dir(self) -> Path:

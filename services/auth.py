@@ -19,6 +19,7 @@ from db.models import ApiKey, Role, User
 from services import audit
 from services.api.schemas import ErrorOut
 from services.deps import SessionDep, SettingsDep
+from services.login_limits import refuse_if_locked
 from services.principal import Principal
 from services.security import (
     API_KEY_MARK,
@@ -152,7 +153,10 @@ def login(session: Session, username: str, password: str) -> User | None:
 
 @router.post(
     "/token",
-    responses={401: {"description": "Wrong username or password, or the account is disabled."}},
+    responses={
+        401: {"description": "Wrong username or password, or the account is disabled."},
+        429: {"model": ErrorOut, "description": "Too many failed sign-ins; see Retry-After."},
+    },
 )
 def create_token(
     request: Request,
@@ -160,9 +164,20 @@ def create_token(
     session: SessionDep,
     settings: SettingsDep,
 ) -> TokenOut:
-    """OAuth2 password flow: exchange a username and password for a short-lived bearer token."""
-    user = login(session, form.username, form.password)
+    """OAuth2 password flow: exchange a username and password for a short-lived bearer token.
+
+    Too many failed sign-ins for the username or from the address answer 429 with Retry-After,
+    without checking the password.
+    """
     actor = f"user:{form.username[:64]}"
+    locked = refuse_if_locked(session, settings, request, actor=actor, via="api")
+    if locked is not None:
+        raise HTTPException(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"{locked.reason}; try again later",
+            headers={"Retry-After": str(locked.retry_after_s)},
+        )
+    user = login(session, form.username, form.password)
     if user is None:
         audit.record(
             session, actor=actor, role=None, action="auth.login", request=request, outcome="denied"

@@ -79,9 +79,14 @@ class Orthanc:
 
 @contextlib.contextmanager
 def run_orthanc(
-    workdir: Path, ae_title: str = "ORTHANC", *, dicom_port: int | None = None
+    workdir: Path,
+    ae_title: str = "ORTHANC",
+    *,
+    dicom_port: int | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
-    """Orthanc on free ports, or on ``dicom_port`` (a PACS that comes up where one was down)."""
+    """Orthanc on free ports, or on ``dicom_port`` (a PACS that comes up where one was down);
+    ``extra_config`` adds or overrides configuration options (e.g. DICOM TLS)."""
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = dicom_port or free_port(), free_port()
     config = {
@@ -99,6 +104,7 @@ def run_orthanc(
         "HttpsVerifyPeers": False,
         "Plugins": [],
         "StableAge": 1,
+        **(extra_config or {}),
     }
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config))

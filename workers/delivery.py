@@ -40,9 +40,7 @@ def deliver_result(delivery_id: int, ctx: WorkerContext) -> DeliveryOutcome:
             return DeliveryOutcome(state=current.state, reason="not claimable")
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None  # claimed just now
-        peer = Peer(
-            delivery.destination.host, delivery.destination.port, delivery.destination.ae_title
-        )
+        peer = Peer.of(delivery.destination)
         path = ctx.store.absolute(delivery.result.relative_path)
         attempts = delivery.attempts
     try:
@@ -110,7 +108,7 @@ def deliver_job_results(
             delivery = session.get(Delivery, delivery_id)
             assert delivery is not None  # claimed just now
             destination = delivery.destination
-            peer = Peer(destination.host, destination.port, destination.ae_title)
+            peer = Peer.of(destination)
             claimed.append(_Claimed(delivery_id, peer, delivery.attempts, dataset))
     for peer in {item.peer for item in claimed}:
         ctx.sender.expect(peer, [item.dataset for item in claimed if item.peer == peer])

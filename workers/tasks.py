@@ -33,7 +33,7 @@ JOB_RETRY_DELAYS_S = (5, 30, 120)
 
 @worker_process_init.connect
 def _configure_child(**_: Any) -> None:
-    configure_logging(_settings.log_level, _settings.log_json)
+    configure_logging(_settings.log_level, _settings.log_json, _settings.log_dicom_level)
 
 
 @app.task(name=TASK_PROCESS_JOB, bind=True, max_retries=len(JOB_RETRY_DELAYS_S))

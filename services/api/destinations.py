@@ -9,7 +9,7 @@ false``), which keeps the delivery history and stops new deliveries to it.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,14 @@ DestinationId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The destina
 ECHO_TIMEOUT_S = 5.0
 
 
+PemFile = Annotated[
+    str,
+    StringConstraints(min_length=2, max_length=512, pattern=r"^/[^\x00-\x1f]*$"),
+    Field(examples=["/run/secrets/pacs-ca.pem"]),
+]
+"""An absolute path to a PEM file on the workers (a mounted secret); the file, never its content."""
+
+
 class DestinationIn(BaseModel):
     """A destination as an admin writes it (POST, PUT)."""
 
@@ -53,6 +61,20 @@ class DestinationIn(BaseModel):
         default=SCEncoding.LOSSLESS,
         description="How Secondary Capture results are sent: lossless, or JPEG baseline (lossy).",
     )
+    tls_enabled: bool = Field(default=False, description="Send over DICOM TLS (TLS 1.2 or later).")
+    tls_ca_file: PemFile | None = Field(
+        default=None, description="CA certificates the peer's must chain to; unset = system store."
+    )
+    tls_cert_file: PemFile | None = Field(
+        default=None, description="Our client certificate, for peers that require one."
+    )
+    tls_key_file: PemFile | None = Field(default=None, description="The client certificate's key.")
+
+    @model_validator(mode="after")
+    def _client_cert_whole(self) -> "DestinationIn":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
 
 class DestinationPatch(BaseModel):
@@ -65,6 +87,10 @@ class DestinationPatch(BaseModel):
     ae_title: AETitle | None = None
     enabled: bool | None = None
     sc_encoding: SCEncoding | None = None
+    tls_enabled: bool | None = None
+    tls_ca_file: PemFile | None = None
+    tls_cert_file: PemFile | None = None
+    tls_key_file: PemFile | None = None
 
 
 class DestinationOut(BaseModel):
@@ -75,6 +101,10 @@ class DestinationOut(BaseModel):
     ae_title: str
     enabled: bool
     sc_encoding: SCEncoding
+    tls_enabled: bool
+    tls_ca_file: str | None
+    tls_cert_file: str | None
+    tls_key_file: str | None
     routes: list[str] = Field(description="Names of the routes that send results here.")
 
 
@@ -227,7 +257,7 @@ def echo_destination(
     can be tested too, before they are enabled.
     """
     destination = _get(session, destination_id)
-    peer = Peer(destination.host, destination.port, destination.ae_title)
+    peer = Peer.of(destination)
     session.commit()  # end the read transaction: no database lock is held while the network waits
     outcome = echo(peer, calling_ae=settings.result_ae_title, timeout_s=ECHO_TIMEOUT_S)
     result = EchoOut(

@@ -19,6 +19,7 @@ from services.dashboard.session import (
 )
 from services.dashboard.web import LOGIN_PATH, DashboardRoute, safe_next, templates
 from services.deps import SessionDep, SettingsDep
+from services.login_limits import refuse_if_locked
 
 router = APIRouter(route_class=DashboardRoute)
 
@@ -78,8 +79,17 @@ def sign_in(
             error="The sign-in form expired. Please try again.",
             status_code=403,
         )
-    user = login(session, username, password) if username and password else None
     actor = f"user:{username[:64]}"
+    if refuse_if_locked(session, settings, request, actor=actor, via="dashboard"):
+        return _login_page(
+            request,
+            settings,
+            next_path=next,
+            username=username[:64],
+            error="Too many failed sign-ins. Please try again later.",
+            status_code=429,
+        )
+    user = login(session, username, password) if username and password else None
     if user is None:
         audit.record(
             session,

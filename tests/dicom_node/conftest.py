@@ -1,13 +1,16 @@
 """A real DICOM node (SCP + assembler) in this process, on a free port, on each database backend."""
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from db.migrate import upgrade
 from dicom_node.node import DicomNode
 from radlight.settings import Settings
 from tests.peers import echo_ok, free_port, require_tools, wait_for
+from tests.tls_certs import Pki
 
 
 def node_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
@@ -33,3 +36,26 @@ def node(tmp_path: Path, database_url: str) -> Iterator[DicomNode]:
         yield dicom_node
     finally:
         dicom_node.stop()
+
+
+@contextlib.contextmanager
+def running_tls_node(workdir: Path, pki: Pki) -> Iterator[DicomNode]:
+    """A node on SQLite whose SCP speaks only TLS and requires a client certificate from pki.ca."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{workdir / 'node.db'}"
+    upgrade(url)
+    node = DicomNode(
+        node_settings(
+            workdir,
+            url,
+            dicom_tls_cert_file=pki.server.cert,
+            dicom_tls_key_file=pki.server.key,
+            dicom_tls_ca_file=pki.ca,
+            dicom_tls_require_client_cert=True,
+        )
+    )
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -21,6 +21,7 @@ from tests.services.test_api import RECEIVED
 
 DESTINATIONS = "/api/v1/destinations"
 BODY = {"name": "pacs-a", "host": "127.0.0.1", "port": 104, "ae_title": "PACS_A"}
+NO_TLS = {"tls_enabled": False, "tls_ca_file": None, "tls_cert_file": None, "tls_key_file": None}
 
 
 def audit_events(sessions: sessionmaker[Session], prefix: str) -> list[AuditEvent]:
@@ -53,6 +54,7 @@ def test_admin_creates_reads_changes_and_deletes_a_destination(
         "id": body["id"],
         "enabled": True,
         "sc_encoding": "lossless",
+        **NO_TLS,
         "routes": [],
     }
     url = f"{DESTINATIONS}/{body['id']}"
