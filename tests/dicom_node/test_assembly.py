@@ -24,9 +24,7 @@ from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE, TASK_PROCESS_JOB
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
 from tests.brokers import clean_redis, redis_lists
-from tests.peers import REDIS_URL
 
-BROKER_URL = f"{REDIS_URL}/14"
 DOWN_BROKER_URL = "redis://127.0.0.1:1/0"
 QUIET_S = 60.0
 REQUEUE_AFTER_S = 300.0
@@ -36,9 +34,9 @@ SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 @pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    """Redis database 14 with its queues emptied before and after the test."""
-    with clean_redis(BROKER_URL) as client:
+def broker(redis_url: str) -> Iterator[redis.Redis]:
+    """This test's private Redis, its queues emptied before and after the test."""
+    with clean_redis(redis_url) as client:
         yield client
 
 
@@ -47,8 +45,8 @@ def producer_for(tmp_path: Path, broker_url: str) -> TaskProducer:
 
 
 @pytest.fixture
-def producer(tmp_path: Path, broker: redis.Redis) -> Iterator[TaskProducer]:
-    queue = producer_for(tmp_path, BROKER_URL)
+def producer(tmp_path: Path, redis_url: str, broker: redis.Redis) -> Iterator[TaskProducer]:
+    queue = producer_for(tmp_path, redis_url)
     try:
         yield queue
     finally:
