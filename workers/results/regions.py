@@ -7,13 +7,13 @@ pixels loses nothing) and mapped back to source pixels. A box, not a contour: it
 radiologist reads at a glance, and what every viewer draws.
 """
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from workers.results.common import FindingScore
 
@@ -99,6 +99,9 @@ class ImageFindings:
         return sorted((f for f in self.findings if f.present), key=lambda f: -f.score.probability)
 
 
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
 def heatmap_region(
     heatmap: NDArray[np.floating], level: float = DEFAULT_LEVEL
 ) -> HeatmapRegion | None:
@@ -137,17 +140,11 @@ def heatmap_region(
 
 
 def _component(mask: NDArray[np.bool_], seed: tuple[int, int]) -> NDArray[np.bool_]:
-    """The 8-connected component of ``mask`` containing ``seed`` (breadth-first)."""
-    seen = np.zeros_like(mask)
-    rows, cols = mask.shape
-    queue: deque[tuple[int, int]] = deque([seed])
-    seen[seed] = True
-    while queue:
-        r, c = queue.popleft()
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                nr, nc = r + dr, c + dc
-                if 0 <= nr < rows and 0 <= nc < cols and mask[nr, nc] and not seen[nr, nc]:
-                    seen[nr, nc] = True
-                    queue.append((nr, nc))
-    return seen
+    """The 8-connected component of ``mask`` containing ``seed`` (scipy's labelling: a
+    breadth-first walk in Python cost about 70 ms a heatmap)."""
+    labels, _count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    label = labels[seed]
+    if label == 0:
+        return np.zeros_like(mask)
+    result: NDArray[np.bool_] = labels == label
+    return result
