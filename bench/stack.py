@@ -31,6 +31,7 @@ from db.models import Delivery, DeliveryState, Job, Result, Study
 from db.session import make_engine
 from tests.peers import (
     Orthanc,
+    add_destination,
     echo_ok,
     free_port,
     node_env,
@@ -122,18 +123,7 @@ def full_stack(
         radlight(env, "db", "upgrade")
         shutil.copytree(models_dir, workdir / "data" / "models")
         orthanc = stack.enter_context(run_orthanc(workdir / "orthanc"))
-        radlight(
-            env,
-            "destinations",
-            "add",
-            "pacs",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(orthanc.dicom_port),
-            "--ae-title",
-            orthanc.ae_title,
-        )
+        add_destination(env, orthanc)
         route = ["routes", "add", "chest", "--model", MODEL, "--modality", "DX"]
         route += ["--modality", "CR", "--destination", "pacs"]
         if expected_instances is not None:

@@ -184,6 +184,22 @@ def radlight(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     return completed.stdout
 
 
+def add_destination(env: dict[str, str], orthanc: "Orthanc", name: str = "pacs") -> None:
+    """Orthanc as the destination ``name``, added the documented way (``radlight destinations add``)."""
+    radlight(
+        env,
+        "destinations",
+        "add",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(orthanc.dicom_port),
+        "--ae-title",
+        orthanc.ae_title,
+    )
+
+
 def create_user(env: dict[str, str], username: str, role: str, password: str) -> None:
     """A user made the documented way: ``radlight users create``, password on standard input."""
     args = ("users", "create", username, "--role", role, "--password-stdin")

@@ -21,6 +21,7 @@ from db.models import Delivery, DeliveryState, IngestFailure
 from db.session import make_engine
 from dicom_node.status import STATUS_CANNOT_UNDERSTAND
 from tests.peers import (
+    add_destination,
     create_user,
     echo_ok,
     free_port,
@@ -89,18 +90,7 @@ def test_no_log_line_of_any_process_holds_patient_data(
         }
         radlight(env, "db", "upgrade")
         radlight(env, "models", "build", "densenet121-untrained")
-        radlight(
-            env,
-            "destinations",
-            "add",
-            "pacs",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(orthanc.dicom_port),
-            "--ae-title",
-            orthanc.ae_title,
-        )
+        add_destination(env, orthanc)
         radlight(env, "routes", "add", "chest", "--model", MODEL, "--destination", "pacs")
         create_user(env, "reader", "viewer", PASSWORD)
         engine = make_engine(database_url)

@@ -32,6 +32,7 @@ from dicom_node.status import STATUS_CANNOT_UNDERSTAND
 from tests.peers import (
     Orthanc,
     Service,
+    add_destination,
     dciodvfy_errors,
     echo_ok,
     free_port,
@@ -89,18 +90,7 @@ def deployment(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[De
     radlight(env, "db", "upgrade")
     radlight(env, "models", "build", "densenet121-untrained")
     with run_orthanc(tmp_path / "orthanc") as orthanc:
-        radlight(
-            env,
-            "destinations",
-            "add",
-            "pacs",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(orthanc.dicom_port),
-            "--ae-title",
-            orthanc.ae_title,
-        )
+        add_destination(env, orthanc)
         radlight(
             env,
             "routes",
