@@ -10,12 +10,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset
-
 from db.deliveries import claim_delivery, mark_delivery
 from db.models import Delivery, DeliveryState
 from db.session import transaction
-from dicom_node.scu import Peer, send_file
+from dicom_node.scu import Outgoing, Peer, send_file
 from radlight.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from workers.context import WorkerContext
 
@@ -88,13 +86,13 @@ class _Claimed:
     delivery_id: int
     peer: Peer
     attempts: int
-    dataset: Dataset
+    item: Outgoing
 
 
 def deliver_job_results(
-    deliveries: Sequence[tuple[int, Dataset]], ctx: WorkerContext
+    deliveries: Sequence[tuple[int, Outgoing]], ctx: WorkerContext
 ) -> list[tuple[int, float | None]]:
-    """Send the given deliveries' datasets now, over ``ctx.sender``'s kept associations.
+    """Send the given deliveries' stored files now, over ``ctx.sender``'s kept associations.
 
     Returns ``(delivery id, back-off seconds)`` of the deliveries to queue for a retry; the failed
     ones are already recorded (RETRYING or FAILED, with the reason). Once a destination cannot be
@@ -102,35 +100,35 @@ def deliver_job_results(
     """
     claimed: list[_Claimed] = []
     with transaction(ctx.sessions) as session:
-        for delivery_id, dataset in deliveries:
+        for delivery_id, item in deliveries:
             if not claim_delivery(session=session, delivery_id=delivery_id):
                 continue
             delivery = session.get(Delivery, delivery_id)
             assert delivery is not None  # claimed just now
             destination = delivery.destination
             peer = Peer.of(destination)
-            claimed.append(_Claimed(delivery_id, peer, delivery.attempts, dataset))
-    for peer in {item.peer for item in claimed}:
-        ctx.sender.expect(peer, [item.dataset for item in claimed if item.peer == peer])
+            claimed.append(_Claimed(delivery_id, peer, delivery.attempts, item))
+    for peer in {claim.peer for claim in claimed}:
+        ctx.sender.expect(peer, [c.item for c in claimed if c.peer == peer])
     sent: list[tuple[int, int]] = []
     retries: list[tuple[int, float | None]] = []
     unreachable: dict[Peer, TransientDeliveryError] = {}
-    for item in claimed:
-        error: DeliveryError | None = unreachable.get(item.peer)
+    for claim in claimed:
+        error: DeliveryError | None = unreachable.get(claim.peer)
         if error is None:
             try:
-                sent.append((item.delivery_id, ctx.sender.send(item.peer, item.dataset)))
+                sent.append((claim.delivery_id, ctx.sender.send(claim.peer, claim.item)))
                 continue
             except DeliveryError as exc:
                 error = exc
             except OSError as exc:
                 error = TransientDeliveryError(f"cannot send the result: {exc}")
             if isinstance(error, TransientDeliveryError) and error.status is None:
-                unreachable[item.peer] = error  # no association at all: do not knock again
+                unreachable[claim.peer] = error  # no association at all: do not knock again
         transient = isinstance(error, TransientDeliveryError)
-        outcome = _after_failure(ctx, item.delivery_id, item.attempts, error, transient=transient)
+        outcome = _after_failure(ctx, claim.delivery_id, claim.attempts, error, transient=transient)
         if outcome.state is DeliveryState.RETRYING:
-            retries.append((item.delivery_id, outcome.retry_in_s))
+            retries.append((claim.delivery_id, outcome.retry_in_s))
     if sent:
         with transaction(ctx.sessions) as session:
             for delivery_id, status in sent:

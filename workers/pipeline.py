@@ -20,6 +20,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ from db.models import (
 )
 from db.session import transaction
 from dicom_node.reports import is_report, report_text
+from dicom_node.scu import Outgoing
 from models.card import InputContract
 from models.registry import ModelEntry
 from radlight.errors import ModelError, NotAnalysableError, StoreError
@@ -228,19 +230,24 @@ def _store_results(
     inputs: JobInputs,
     entry: ModelEntry,
     built: list[BuiltResult],
-) -> list[tuple[int, Dataset]]:
+) -> list[tuple[int, Outgoing]]:
     """Write and record every result, replacing an earlier run's; returns the deliveries to send,
-    each with its dataset."""
+    each with its stored file."""
     job = session.get(Job, inputs.job_id)
     assert job is not None
     destinations = list(job.route.destinations)
-    to_send: list[tuple[int, Dataset]] = []
+    to_send: list[tuple[int, Outgoing]] = []
     for item in built:
         ds = item.dataset
         relative = ctx.store.result_path(
             str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
         )
         ctx.store.write(relative, _encode(ds))
+        outgoing = Outgoing(
+            path=ctx.store.absolute(relative),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax=UID(str(ds.file_meta.TransferSyntaxUID)),
+        )
         result = session.scalars(
             select(Result).where(Result.sop_instance_uid == str(ds.SOPInstanceUID))
         ).one_or_none()
@@ -262,7 +269,7 @@ def _store_results(
         ):
             if delivery.state in (DeliveryState.SENT, DeliveryState.FAILED):
                 reopen_delivery(session=session, delivery_id=delivery.id)
-            to_send.append((delivery.id, ds))
+            to_send.append((delivery.id, outgoing))
     return to_send
 
 
@@ -350,7 +357,7 @@ def _analyse(
 
 
 def _deliver(
-    ctx: WorkerContext, job_id: int, to_send: list[tuple[int, Dataset]], clock: StageClock
+    ctx: WorkerContext, job_id: int, to_send: list[tuple[int, Outgoing]], clock: StageClock
 ) -> None:
     """Send the job's results now (``delivery_inline``) and queue what failed for a retry, or
     queue every delivery as its own task; then record the delivery stage."""

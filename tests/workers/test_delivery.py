@@ -4,7 +4,7 @@ real pynetdicom storage SCPs that answer with chosen statuses or refuse the asso
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -12,7 +12,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -129,11 +129,19 @@ class Scp:
     ae_title: str
     ae: AE
     received: list[str] = field(default_factory=list)
+    received_bytes: list[bytes] = field(default_factory=list)  # each data set as it came
 
 
 @contextlib.contextmanager
-def storage_scp(status: int, *, ae_title: str = "PEER", **ae_attributes: Any) -> Iterator[Scp]:
-    """A real pynetdicom storage SCP on a free port, answering every C-STORE with ``status``."""
+def storage_scp(
+    status: int,
+    *,
+    ae_title: str = "PEER",
+    syntaxes: Sequence[str] = ALL_TRANSFER_SYNTAXES,
+    **ae_attributes: Any,
+) -> Iterator[Scp]:
+    """A real pynetdicom storage SCP on a free port, accepting ``syntaxes`` and answering every
+    C-STORE with ``status``."""
     ae = AE(ae_title=ae_title)
     scp = Scp(free_port(), ae_title, ae)
     lock = threading.Lock()
@@ -141,11 +149,14 @@ def storage_scp(status: int, *, ae_title: str = "PEER", **ae_attributes: Any) ->
     def handle_store(event: Event) -> int:
         with lock:
             scp.received.append(str(event.dataset.SOPInstanceUID))
+            data = event.request.DataSet  # type: ignore[union-attr]  # a C-STORE event
+            assert isinstance(data, BytesIO)
+            scp.received_bytes.append(data.getvalue())
         return status
 
     for name, value in ae_attributes.items():
         setattr(ae, name, value)
-    ae.add_supported_context(SecondaryCaptureImageStorage, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(SecondaryCaptureImageStorage, list(syntaxes))
     ae.add_supported_context(Verification)
     server = ae.start_server(
         ("127.0.0.1", scp.port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)]
@@ -210,6 +221,72 @@ def test_jpeg_baseline_result_reaches_orthanc_in_jpeg_baseline(
         (instance,) = orthanc.get("/instances")
         syntax = orthanc.get_bytes(f"/instances/{instance}/metadata/TransferSyntax").decode()
         assert syntax == JPEGBaseline8Bit
+
+
+def _stored_bytes_after_file_meta(ctx: WorkerContext, sop_instance_uid: str) -> bytes:
+    with ctx.sessions() as session:
+        result = session.scalars(
+            select(Result).where(Result.sop_instance_uid == sop_instance_uid)
+        ).one()
+        data = ctx.store.read(result.relative_path)
+    with BytesIO(data) as handle:
+        pydicom.filereader.read_preamble(handle, force=False)
+        pydicom.filereader._read_file_meta_info(handle)
+        return data[handle.tell() :]
+
+
+def test_result_in_its_own_syntax_goes_as_stored_without_decoding(
+    ctx: WorkerContext, real_dicom_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that takes the file's own transfer syntax gets the stored bytes as they are: the SCU
+    streams the file and never decodes it (re-encoding a 14-finding SR costs ~65 ms)."""
+    source = copy_with_new_uids(real_dicom_files[0])
+    source.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with storage_scp(STATUS_SUCCESS, syntaxes=[ExplicitVRLittleEndian]) as scp:
+        item = stored_result(
+            ctx,
+            real_dicom_files[0],
+            host="127.0.0.1",
+            port=scp.port,
+            ae_title=scp.ae_title,
+            result_ds=source,
+        )
+
+        def no_decoding(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the stored result was decoded to send it")
+
+        monkeypatch.setattr("dicom_node.scu.dcmread", no_decoding)
+        outcome = deliver_result(item.delivery_id, ctx)
+
+    assert (outcome.state, outcome.reason) == (DeliveryState.SENT, None)
+    assert scp.received == [item.sop_instance_uid]
+    assert scp.received_bytes == [_stored_bytes_after_file_meta(ctx, item.sop_instance_uid)]
+
+
+def test_result_goes_re_encoded_to_a_peer_that_takes_another_uncompressed_syntax(
+    ctx: WorkerContext, real_dicom_files: list[Path]
+) -> None:
+    """An Explicit VR file to a peer that accepts only Implicit VR: pynetdicom re-encodes it, and
+    the peer gets the same data set in the syntax it took."""
+    source = copy_with_new_uids(real_dicom_files[0])
+    source.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with storage_scp(STATUS_SUCCESS, syntaxes=[ImplicitVRLittleEndian]) as scp:
+        item = stored_result(
+            ctx,
+            real_dicom_files[0],
+            host="127.0.0.1",
+            port=scp.port,
+            ae_title=scp.ae_title,
+            result_ds=source,
+        )
+        outcome = deliver_result(item.delivery_id, ctx)
+
+    assert (outcome.state, outcome.reason) == (DeliveryState.SENT, None)
+    (received,) = scp.received_bytes
+    assert received != _stored_bytes_after_file_meta(ctx, item.sop_instance_uid)
+    decoded = pydicom.dcmread(BytesIO(received), force=True)  # no file meta: implicit VR read
+    assert str(decoded.SOPInstanceUID) == item.sop_instance_uid
+    assert decoded.PixelData == source.PixelData
 
 
 def test_sent_delivery_is_not_sent_again(ctx: WorkerContext, real_dicom_files: list[Path]) -> None:
