@@ -129,6 +129,37 @@ def _finding_results(
     return ImageFindings(source=image.source, display=image.display, findings=findings)
 
 
+def run_model(
+    entry: ModelEntry,
+    images: Sequence[AnalysedImage],
+    default_threshold: float,
+    clock: StageClock | None = None,
+) -> list[ImageFindings]:
+    """Run the model over ``images``: each image's findings, with a heatmap and a region for the
+    present ones; ``clock``, if given, receives the time spent preprocessing, in the model and on
+    the CAMs."""
+    clock = clock if clock is not None else StageClock()
+    card = entry.card
+    model = load_model(entry)
+    with clock.stage("preprocess"):
+        prepared = [prepare_image(image.display, card.preprocessing) for image in images]
+        batch = np.stack([p.tensor for p in prepared])
+    with clock.stage("inference"):
+        output = model.infer(batch)
+    with clock.stage("cam"):
+        return [
+            _finding_results(
+                entry,
+                image,
+                output.probabilities[index],
+                output.heatmaps[index],
+                prepared[index].geometry,
+                default_threshold,
+            )
+            for index, image in enumerate(images)
+        ]
+
+
 def analyse(
     job: JobIdentity,
     entry: ModelEntry,
@@ -139,25 +170,7 @@ def analyse(
     """Run the model over ``images`` and build every result object of the job; ``clock``, if
     given, receives the time spent preprocessing, in the model, on the CAMs and building."""
     clock = clock if clock is not None else StageClock()
-    card = entry.card
-    model = load_model(entry)
-    with clock.stage("preprocess"):
-        prepared = [prepare_image(image.display, card.preprocessing) for image in images]
-        batch = np.stack([p.tensor for p in prepared])
-    with clock.stage("inference"):
-        output = model.infer(batch)
-    with clock.stage("cam"):
-        findings = [
-            _finding_results(
-                entry,
-                image,
-                output.probabilities[index],
-                output.heatmaps[index],
-                prepared[index].geometry,
-                options.default_threshold,
-            )
-            for index, image in enumerate(images)
-        ]
+    findings = run_model(entry, images, options.default_threshold, clock)
     with clock.stage("build"):
         return build_results(job, algorithm_of(entry), findings, options)
 
@@ -170,6 +183,24 @@ def build_results(
 ) -> list[BuiltResult]:
     """Every result object of a job from its images' findings, linked to each other: SCs, SEG and
     GSPS per image as ``options`` ask, and the SR. Pure: no model, no I/O."""
+    image_results = build_image_results(job, algorithm, images, options)
+    return [*image_results, build_report_result(job, algorithm, images, image_results)]
+
+
+def _report_reference(uid: _Uids) -> ReportReference:
+    """The job's findings report, which its images reference: its UID is known before it is built
+    (it derives from the job's inputs), so the images can be finished, stored and sent first."""
+    return ReportReference(ComprehensiveSRStorage, uid("sr"))
+
+
+def build_image_results(
+    job: JobIdentity,
+    algorithm: AlgorithmInfo,
+    images: Sequence[ImageFindings],
+    options: ResultOptions,
+) -> list[BuiltResult]:
+    """The job's images (SCs, SEG and GSPS per image as ``options`` ask), already linked to the
+    job's step and its report-to-be. Pure: no model, no I/O."""
     uid = _Uids(job, algorithm)
     when = job.created_at
 
@@ -252,17 +283,32 @@ def build_results(
             )
             if gsps is not None:
                 results.append(BuiltResult(ResultKind.REGION_GSPS, gsps, source_uid, {}))
+    link_job_objects(
+        [r.dataset for r in results], _job_step(job, algorithm, uid), _report_reference(uid)
+    )
+    return results
+
+
+def build_report_result(
+    job: JobIdentity,
+    algorithm: AlgorithmInfo,
+    images: Sequence[ImageFindings],
+    image_results: Sequence[BuiltResult],
+) -> BuiltResult:
+    """The job's TID 1500 findings report, listing ``image_results`` (the job's images from
+    ``build_image_results``) as its evidence. Pure: no model, no I/O."""
+    uid = _Uids(job, algorithm)
     # Both encodings: a destination that gets only the JPEG copies finds them from the SR too.
-    evidence: list[Dataset] = [r.dataset for r in results]
+    evidence: list[Dataset] = [r.dataset for r in image_results]
     report = build_findings_report(
         images=images,
         algorithm=algorithm,
         series_instance_uid=uid("sr-series"),
-        sop_instance_uid=uid("sr"),
+        sop_instance_uid=_report_reference(uid).sop_instance_uid,
         series_number=SR_SERIES_NUMBER,
         instance_number=1,
         evidence=evidence,
-        content_datetime=when,
+        content_datetime=job.created_at,
         version=job.version,
         amends=job.amends,
     )
@@ -275,13 +321,8 @@ def build_results(
         },
         "present": {f.sop_instance_uid: [r.score.label for r in f.present()] for f in images},
     }
-    results.append(BuiltResult(ResultKind.FINDINGS_SR, report, None, summary))
-    link_job_objects(
-        [r.dataset for r in results],
-        _job_step(job, algorithm, uid),
-        ReportReference(ComprehensiveSRStorage, str(report.SOPInstanceUID)),
-    )
-    return results
+    link_job_objects([report], _job_step(job, algorithm, uid))
+    return BuiltResult(ResultKind.FINDINGS_SR, report, None, summary)
 
 
 def not_analysed(
