@@ -43,6 +43,7 @@ viewers support Comprehensive SR far more widely.
 """
 
 import datetime
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
@@ -127,7 +128,14 @@ _CONTENT_SEQUENCE = pydicom.tag.Tag("ContentSequence")
 _REFERENCE_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE"})
 
 
+@functools.lru_cache(maxsize=512)
 def _concept(code: FindingCode) -> hd.sr.CodedConcept:
+    """The code as highdicom's CodedConcept, made once per process and shared by every report.
+
+    A code is the same in every report, and making it is a quarter of the time spent on a
+    finding's items. Sharing one dataset is safe because result objects are not changed after
+    they are built (``links.REPORT_PURPOSE`` is shared the same way); never change a code in place.
+    """
     return hd.sr.CodedConcept(
         value=code.value, scheme_designator=code.scheme_designator, meaning=code.meaning
     )
@@ -213,11 +221,11 @@ def _intended_use() -> hd.sr.QualitativeEvaluation:
 def _with_children(
     evaluation: hd.sr.QualitativeEvaluation, children: Sequence[hd.sr.ContentItem]
 ) -> hd.sr.QualitativeEvaluation:
-    """``evaluation`` with ``children`` below its CODE item (highdicom's template has no slot)."""
-    item = evaluation[0]
-    content = hd.sr.ContentSequence(is_root=False)
-    content.extend(children)
-    item.ContentSequence = content
+    """``evaluation`` with ``children`` below its CODE item (highdicom's template has no slot).
+
+    The content item makes the list a highdicom ContentSequence, which checks each child.
+    """
+    evaluation[0].ContentSequence = list(children)
     return evaluation
 
 
@@ -511,6 +519,15 @@ def build_findings_report(
     ] = []
     for number, (image, view) in enumerate(zip(checked_images, views, strict=True), start=1):
         source_uid = image.sop_instance_uid
+        # A finding's score and presence items, made once: its planar ROI group below states the
+        # same two items (highdicom adds the items themselves to each group, as it does the
+        # algorithm's, so they are shared by the two groups; they are not changed after this).
+        scores = [_score(finding, algorithm_id) for finding in image.findings]
+        presences = [_presence(finding, algorithm_id) for finding in image.findings]
+        items = {
+            id(finding): (score, presence)
+            for finding, score, presence in zip(image.findings, scores, presences, strict=True)
+        }
         groups.append(
             _render_separately(
                 hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -519,11 +536,8 @@ def build_findings_report(
                         identifier=f"{algorithm.name} findings, image {number}",
                     ),
                     algorithm_id=algorithm_id,
-                    measurements=[_score(finding, algorithm_id) for finding in image.findings],
-                    qualitative_evaluations=[
-                        *(_presence(finding, algorithm_id) for finding in image.findings),
-                        _intended_use(),
-                    ],
+                    measurements=scores,
+                    qualitative_evaluations=[*presences, _intended_use()],
                     source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(view)],
                 )
             )
@@ -531,6 +545,7 @@ def build_findings_report(
         for finding in image.present():
             if finding.region is None:
                 continue
+            score, presence = items[id(finding)]
             groups.append(
                 _render_separately(
                     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -547,8 +562,8 @@ def build_findings_report(
                         ),
                         finding_type=_concept(finding.score.code),
                         algorithm_id=algorithm_id,
-                        measurements=[_score(finding, algorithm_id)],
-                        qualitative_evaluations=[_presence(finding, algorithm_id)],
+                        measurements=[score],
+                        qualitative_evaluations=[presence],
                     )
                 )
             )
