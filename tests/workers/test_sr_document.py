@@ -11,6 +11,7 @@ must refuse too.
 """
 
 import datetime
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -156,6 +157,56 @@ def test_findings_report_is_the_dataset_highdicoms_constructor_makes(
         for item in series.ReferencedSOPSequence
     }
     assert len(referenced) == 2 + len(evidence)
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False], ids=["implicit", "explicit"])
+def test_sequences_copied_from_a_source_as_read_are_written_as_before(
+    sources: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch, implicit_vr: bool
+) -> None:
+    """Sequences the document copies from the source's patient and study modules hold items read
+    from a file, their elements not yet decoded: written as highdicom's way writes them."""
+    header = header_copy(
+        sources[0], SOPInstanceUID=deterministic_uid("test-sr-document", "implicit")
+    )
+    procedure = pydicom.Dataset()
+    procedure.CodeValue, procedure.CodingSchemeDesignator = "RPID1", "99HOSPITAL"
+    procedure.CodeMeaning = "XR chest PA"
+    equivalent = pydicom.Dataset()
+    equivalent.CodeValue, equivalent.CodingSchemeDesignator = "36572-6", "LN"
+    equivalent.CodeMeaning = "XR Chest PA"
+    procedure.EquivalentCodeSequence = [equivalent]  # a sequence in a read item stays raw
+    header.ProcedureCodeSequence = [procedure]
+    other_id = pydicom.Dataset()
+    other_id.PatientID, other_id.TypeOfPatientID = "OTHER-1", "TEXT"
+    header.OtherPatientIDsSequence = [other_id]
+    header.file_meta = pydicom.dataset.FileMetaDataset()
+    header.file_meta.TransferSyntaxUID = (
+        pydicom.uid.ImplicitVRLittleEndian if implicit_vr else pydicom.uid.ExplicitVRLittleEndian
+    )
+    buffer = io.BytesIO()
+    header.save_as(buffer, implicit_vr=implicit_vr, little_endian=True)
+    source = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
+    assert source.original_encoding == (implicit_vr, True)
+
+    def build() -> hd.sr.ComprehensiveSR:
+        return sr.build_findings_report(
+            images=[image_findings(source)],
+            algorithm=ALGORITHM,
+            series_instance_uid=deterministic_uid("test-sr-document", "implicit-series"),
+            sop_instance_uid=deterministic_uid("test-sr-document", "implicit-report"),
+            series_number=9902,
+            instance_number=1,
+            content_datetime=WHEN,
+        )
+
+    built = build()
+    assert built.ProcedureCodeSequence[0].original_encoding == (implicit_vr, True)
+    old_way(monkeypatch)
+    assert_same_document(built, build())
+    written = pydicom.dcmread(io.BytesIO(to_bytes(built)))
+    assert written.ProcedureCodeSequence[0].CodeMeaning == "XR chest PA"
+    assert written.ProcedureCodeSequence[0].EquivalentCodeSequence[0].CodeValue == "36572-6"
+    assert written.OtherPatientIDsSequence[0].PatientID == "OTHER-1"
 
 
 def test_not_analysed_report_is_the_dataset_highdicoms_constructor_makes(

@@ -51,6 +51,8 @@ from typing import TypeVar
 import highdicom as hd
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.charset import default_encoding
+from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
 
 import radlight
@@ -403,6 +405,41 @@ def _check_content_references(root: pydicom.Dataset, evidence: Sequence[pydicom.
         raise ValueError(f"the content references instances that are not evidence: {missing}")
 
 
+def _mark_items_as_written(document: pydicom.Dataset) -> None:
+    """Tell pydicom that the document's sequence items need no VR correction of their own.
+
+    pydicom's writer, for each dataset it writes that was not read in the transfer syntax it is
+    writing (``original_encoding``), first corrects the ambiguous VRs of that dataset's whole
+    subtree: a content tree six levels deep is walked six times, a fifth of the time it takes to
+    encode a findings report. The document itself is never marked, so the writer still corrects
+    the whole tree once, from the root, before writing anything; the later walks of the items
+    find nothing left to correct, and the items marked here skip them. The marks are what
+    ``Dataset.set_original_encoding`` is documented for (optimised writing), they say Explicit VR
+    Little Endian (highdicom's and RadLight's SR transfer syntax; another one simply does not
+    match them, and pydicom corrects as before) and pydicom's default character set (an item's
+    own when it has no Specific Character Set). Only items made in this process, holding no raw
+    (undecoded) element, are marked: an item read from a file (one copied from a source header)
+    keeps its own encoding, and the writer decodes and corrects it as before. The bytes are the
+    same either way (tests/workers/test_sr_document.py).
+    """
+    pending = _sequence_items(document)
+    while pending:
+        item = pending.pop()
+        made_here = item.original_encoding == (None, None)
+        if made_here and not any(element.is_raw for element in item.values()):
+            item.set_original_encoding(False, True, default_encoding)
+        pending.extend(_sequence_items(item))
+
+
+def _sequence_items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """The items of ``dataset``'s decoded sequences (a raw one, still bytes, holds none of ours)."""
+    items: list[pydicom.Dataset] = []
+    for element in dataset.values():
+        if isinstance(element, DataElement) and element.VR == "SQ":
+            items.extend(element.value)
+    return items
+
+
 def _document(
     *,
     report: hd.sr.MeasurementReport,
@@ -470,6 +507,7 @@ def _document(
     document[_CONTENT_SEQUENCE] = root[_CONTENT_SEQUENCE]
     document._content = report  # as highdicom's from_dataset sets it
     stamp(document, when)
+    _mark_items_as_written(document)
     return document
 
 
