@@ -6,8 +6,9 @@ and once with ``_document`` replaced by :func:`highdicom_document` (the way the 
 before: the whole tree to the constructor, which copies, parses and walks it), and asserts that
 the two are the same dataset and encode to the same bytes, for every report RadLight writes:
 findings (several images, findings and regions, evidence, an amended predecessor), not analysed
-(an image and a non-image), and grounded. What highdicom's constructor refuses, the fast path
-must refuse too.
+(an image and a non-image), and grounded, and a source whose header sequences were read from a
+file (``_document`` marks the items it made as written; those it did not make keep their own
+encoding). What highdicom's constructor refuses, the fast path must refuse too.
 """
 
 import datetime
