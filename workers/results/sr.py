@@ -43,6 +43,7 @@ viewers support Comprehensive SR far more widely.
 """
 
 import datetime
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
@@ -50,6 +51,8 @@ from typing import TypeVar
 import highdicom as hd
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.charset import default_encoding
+from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
 
 import radlight
@@ -123,9 +126,18 @@ _Group = TypeVar(
 _PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
 _CROSS_SECTIONAL_MODALITIES = frozenset({"CT", "MR", "PT"})
 _NEUTRAL_MODALITY = "OT"
+_CONTENT_SEQUENCE = pydicom.tag.Tag("ContentSequence")
+_REFERENCE_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE"})
 
 
+@functools.lru_cache(maxsize=512)
 def _concept(code: FindingCode) -> hd.sr.CodedConcept:
+    """The code as highdicom's CodedConcept, made once per process and shared by every report.
+
+    A code is the same in every report, and making it is a quarter of the time spent on a
+    finding's items. Sharing one dataset is safe because result objects are not changed after
+    they are built (``links.REPORT_PURPOSE`` is shared the same way); never change a code in place.
+    """
     return hd.sr.CodedConcept(
         value=code.value, scheme_designator=code.scheme_designator, meaning=code.meaning
     )
@@ -211,11 +223,11 @@ def _intended_use() -> hd.sr.QualitativeEvaluation:
 def _with_children(
     evaluation: hd.sr.QualitativeEvaluation, children: Sequence[hd.sr.ContentItem]
 ) -> hd.sr.QualitativeEvaluation:
-    """``evaluation`` with ``children`` below its CODE item (highdicom's template has no slot)."""
-    item = evaluation[0]
-    content = hd.sr.ContentSequence(is_root=False)
-    content.extend(children)
-    item.ContentSequence = content
+    """``evaluation`` with ``children`` below its CODE item (highdicom's template has no slot).
+
+    The content item makes the list a highdicom ContentSequence, which checks each child.
+    """
+    evaluation[0].ContentSequence = list(children)
     return evaluation
 
 
@@ -356,6 +368,78 @@ def _check_document_ids(
     check_positive_int(instance_number, "instance_number")
 
 
+def _content_frame(root: pydicom.Dataset) -> pydicom.Dataset:
+    """The report's root item without its children: what highdicom's SR constructor is given.
+
+    The same element objects as ``root``'s (as highdicom itself copies them into the document),
+    with an empty Content Sequence in place of the tree.
+    """
+    frame = pydicom.Dataset()
+    for element in root:
+        if element.tag != _CONTENT_SEQUENCE:
+            frame.add(element)
+    frame.ContentSequence = []
+    return frame
+
+
+def _check_content_references(root: pydicom.Dataset, evidence: Sequence[pydicom.Dataset]) -> None:
+    """What highdicom's SR constructor checks of a content tree, in one walk: every instance an
+    IMAGE or COMPOSITE item references is in ``evidence``, and there is no SCOORD3D item (not
+    allowed in a Comprehensive SR)."""
+    known = {str(item.SOPInstanceUID) for item in evidence}
+    missing: list[str] = []
+    pending = list(root.ContentSequence)
+    while pending:
+        item = pending.pop()
+        value_type = item.ValueType
+        if value_type in _REFERENCE_VALUE_TYPES:
+            uid = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            if uid not in known:
+                missing.append(uid)
+        elif value_type == "SCOORD3D":
+            raise ValueError("Comprehensive SR does not support content items with SCOORD3D")
+        children = item.get(_CONTENT_SEQUENCE)
+        if children is not None:
+            pending.extend(children.value)
+    if missing:
+        raise ValueError(f"the content references instances that are not evidence: {missing}")
+
+
+def _mark_items_as_written(document: pydicom.Dataset) -> None:
+    """Tell pydicom that the document's sequence items need no VR correction of their own.
+
+    pydicom's writer, for each dataset it writes that was not read in the transfer syntax it is
+    writing (``original_encoding``), first corrects the ambiguous VRs of that dataset's whole
+    subtree: a content tree six levels deep is walked six times, a fifth of the time it takes to
+    encode a findings report. The document itself is never marked, so the writer still corrects
+    the whole tree once, from the root, before writing anything; the later walks of the items
+    find nothing left to correct, and the items marked here skip them. The marks are what
+    ``Dataset.set_original_encoding`` is documented for (optimised writing), they say Explicit VR
+    Little Endian (highdicom's and RadLight's SR transfer syntax; another one simply does not
+    match them, and pydicom corrects as before) and pydicom's default character set (an item's
+    own when it has no Specific Character Set). Only items made in this process, holding no raw
+    (undecoded) element, are marked: an item read from a file (one copied from a source header)
+    keeps its own encoding, and the writer decodes and corrects it as before. The bytes are the
+    same either way (tests/workers/test_sr_document.py).
+    """
+    pending = _sequence_items(document)
+    while pending:
+        item = pending.pop()
+        made_here = item.original_encoding == (None, None)
+        if made_here and not any(element.is_raw for element in item.values()):
+            item.set_original_encoding(False, True, default_encoding)
+        pending.extend(_sequence_items(item))
+
+
+def _sequence_items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """The items of ``dataset``'s decoded sequences (a raw one, still bytes, holds none of ours)."""
+    items: list[pydicom.Dataset] = []
+    for element in dataset.values():
+        if isinstance(element, DataElement) and element.VR == "SQ":
+            items.extend(element.value)
+    return items
+
+
 def _document(
     *,
     report: hd.sr.MeasurementReport,
@@ -371,11 +455,25 @@ def _document(
     previous_versions: Sequence[pydicom.Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR around ``report``: PRELIMINARY, UNVERIFIED, local codes declared;
-    ``previous_versions`` go in its Predecessor Documents Sequence."""
+    ``previous_versions`` go in its Predecessor Documents Sequence.
+
+    highdicom's constructor is given the report's root item without its children, and the
+    children are set on the document after it: the same dataset, element for element, as when
+    the whole tree is given (tests/workers/test_sr_document.py checks the bytes against that),
+    in about 5 ms instead of 150. Given the whole tree, the constructor deep-copies it, parses
+    the copy back into content items, and walks it three times (references to images, to other
+    composites, 3-D coordinates), which is three quarters of building a findings report. What
+    those steps check, :func:`_check_content_references` checks in one walk; the tree itself is
+    made by highdicom's templates, which check each item as it is made. The evidence sequences
+    are still built by highdicom from ``evidence``, and ``document.content`` is ``report``
+    itself (highdicom's would be a parsed copy).
+    """
+    root = report[0]
+    _check_content_references(root, evidence)
     with tolerate_single_component_names():
         document = hd.sr.ComprehensiveSR(
             evidence=evidence,
-            content=report,
+            content=_content_frame(root),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
@@ -406,7 +504,10 @@ def _document(
             content_time=when.time(),
             previous_versions=list(previous_versions) or None,
         )
+    document[_CONTENT_SEQUENCE] = root[_CONTENT_SEQUENCE]
+    document._content = report  # as highdicom's from_dataset sets it
     stamp(document, when)
+    _mark_items_as_written(document)
     return document
 
 
@@ -456,6 +557,15 @@ def build_findings_report(
     ] = []
     for number, (image, view) in enumerate(zip(checked_images, views, strict=True), start=1):
         source_uid = image.sop_instance_uid
+        # A finding's score and presence items, made once: its planar ROI group below states the
+        # same two items (highdicom adds the items themselves to each group, as it does the
+        # algorithm's, so they are shared by the two groups; they are not changed after this).
+        scores = [_score(finding, algorithm_id) for finding in image.findings]
+        presences = [_presence(finding, algorithm_id) for finding in image.findings]
+        items = {
+            id(finding): (score, presence)
+            for finding, score, presence in zip(image.findings, scores, presences, strict=True)
+        }
         groups.append(
             _render_separately(
                 hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -464,11 +574,8 @@ def build_findings_report(
                         identifier=f"{algorithm.name} findings, image {number}",
                     ),
                     algorithm_id=algorithm_id,
-                    measurements=[_score(finding, algorithm_id) for finding in image.findings],
-                    qualitative_evaluations=[
-                        *(_presence(finding, algorithm_id) for finding in image.findings),
-                        _intended_use(),
-                    ],
+                    measurements=scores,
+                    qualitative_evaluations=[*presences, _intended_use()],
                     source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(view)],
                 )
             )
@@ -476,6 +583,7 @@ def build_findings_report(
         for finding in image.present():
             if finding.region is None:
                 continue
+            score, presence = items[id(finding)]
             groups.append(
                 _render_separately(
                     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -492,8 +600,8 @@ def build_findings_report(
                         ),
                         finding_type=_concept(finding.score.code),
                         algorithm_id=algorithm_id,
-                        measurements=[_score(finding, algorithm_id)],
-                        qualitative_evaluations=[_presence(finding, algorithm_id)],
+                        measurements=[score],
+                        qualitative_evaluations=[presence],
                     )
                 )
             )
