@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 from numpy.typing import NDArray
+from PIL import ImageFont
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 import radlight
@@ -33,16 +34,20 @@ from workers.results import (
     FindingScore,
     build_findings_report,
     build_heatmap_overlay,
+    overlay,
 )
 from workers.results.common import AI_RESULT_WARNING
 from workers.results.overlay import (
     JET_LUT,
     MAX_ALPHA,
+    SUMMARY_PALETTE,
     LegendText,
+    SummaryEntry,
     blend_heatmap,
     check_heatmap,
     grey_to_rgb,
     render_legend,
+    render_summary_legend,
 )
 from workers.results.regions import FindingResult, ImageFindings
 from workers.results.sr import INTENDED_USE
@@ -277,6 +282,36 @@ def test_blend_writes_into_the_given_pixels() -> None:
 def test_grey_to_rgb_repeats_the_grey_level() -> None:
     display = np.arange(256, dtype=np.uint8).reshape(16, 16)
     np.testing.assert_array_equal(grey_to_rgb(display), np.repeat(display[..., None], 3, axis=2))
+
+
+def _pillows_font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font as Pillow gives it: nothing remembered (the oracle)."""
+    font = ImageFont.load_default(size=size)
+    assert isinstance(font, ImageFont.FreeTypeFont)
+    return font
+
+
+@pytest.mark.parametrize("width", [1024, 333, 2500])
+def test_legends_drawn_from_remembered_text_are_pillows(
+    width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    legends = [
+        LegendText(title=f"Pleural Thickening 0.{k}7", detail="Model: CheXNet 1.0 (x)")
+        for k in range(3)
+    ]
+    entries = [
+        SummaryEntry(f"Finding {k} 0.{k}1 (threshold 0.50)", SUMMARY_PALETTE[k].rgb)
+        for k in range(3)
+    ] + [SummaryEntry("+2 more above their threshold (see the report)")]
+    drawn = [[render_legend(width, legend) for legend in legends] for _ in range(2)]
+    summaries = [render_summary_legend(width, entries, "Model: CheXNet 1.0") for _ in range(2)]
+    monkeypatch.setattr(overlay, "_font", _pillows_font)
+    for again in range(2):  # first drawn, then remembered
+        for legend, pixels in zip(legends, drawn[again], strict=True):
+            np.testing.assert_array_equal(pixels, render_legend(width, legend))
+        np.testing.assert_array_equal(
+            summaries[again], render_summary_legend(width, entries, "Model: CheXNet 1.0")
+        )
 
 
 def test_overlay_passes_dciodvfy(source: pydicom.Dataset, tmp_path: Path) -> None:

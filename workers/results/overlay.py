@@ -6,8 +6,10 @@ arrays and text give the same pixels.
 """
 
 import functools
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -166,13 +168,51 @@ class LegendText:
     warning: str = AI_RESULT_WARNING
 
 
+# Rendered lines a font keeps: legends repeat most of theirs from image to image (the model, the
+# warning, the colour bar's labels), and FreeType's rendering was most of a legend's time.
+_LINES_KEPT = 64
+
+
+class _RememberingFont(ImageFont.FreeTypeFont):
+    """A FreeType font that keeps the masks and lengths it has computed, by their arguments.
+
+    ``ImageDraw.text`` draws whatever mask ``getmask2`` returns, so a remembered mask draws the
+    same pixels as a fresh one. Masks for ``RGBA`` (embedded colour) are not kept: ImageDraw
+    changes those.
+    """
+
+    def __init__(self, font: ImageFont.FreeTypeFont) -> None:
+        super().__init__(
+            io.BytesIO(font.font_bytes), font.size, font.index, font.encoding, font.layout_engine
+        )
+        self._mask = functools.lru_cache(maxsize=_LINES_KEPT)(super().getmask2)
+        self._length = functools.lru_cache(maxsize=4 * _LINES_KEPT)(super().getlength)
+
+    def getmask2(  # type: ignore[override]
+        self, text: str, mode: str = "", *args: Any, **kwargs: Any
+    ) -> tuple[Any, tuple[int, int]]:
+        if mode == "RGBA":
+            return super().getmask2(text, mode, *args, **kwargs)
+        arguments = tuple(_hashable(a) for a in args)
+        named = {k: _hashable(v) for k, v in kwargs.items()}
+        return self._mask(text, mode, *arguments, **named)
+
+    def getlength(self, text: str, *args: Any, **kwargs: Any) -> float:  # type: ignore[override]
+        return float(self._length(text, *args, **kwargs))
+
+
+def _hashable(value: object) -> object:
+    """Lists (``features``) as tuples, so that the arguments can key a cache."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 @functools.lru_cache(maxsize=64)
 def _font(size: int) -> ImageFont.FreeTypeFont:
     """Pillow's bundled scalable font; without FreeType it would be a fixed 11 px bitmap font."""
     font = ImageFont.load_default(size=size)
     if not isinstance(font, ImageFont.FreeTypeFont):
         raise RuntimeError("Pillow lacks FreeType support: the legend would not scale")
-    return font
+    return _RememberingFont(font)
 
 
 def _fits(font: ImageFont.FreeTypeFont, text: str, width: float) -> bool:
