@@ -40,6 +40,7 @@ from workers.results.common import (
     stamp,
     tolerate_single_component_names,
 )
+from workers.results.iod_lookups import remember_iod_lookups
 from workers.results.overlay import (
     SUMMARY_PALETTE,
     LegendText,
@@ -56,6 +57,9 @@ from workers.results.overlay import (
     with_band,
 )
 from workers.results.regions import FindingResult, ImageFindings
+
+# highdicom's IOD lookups were about a third of an SC's build (workers.results.iod_lookups).
+remember_iod_lookups()
 
 OVERLAY_SERIES_DESCRIPTION = "RadLight AI heatmap - not for primary diagnosis"
 SUMMARY_SERIES_DESCRIPTION = "RadLight AI summary - not for primary diagnosis"
