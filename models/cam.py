@@ -63,10 +63,10 @@ def cam_to_image(
     return ImageCam.of(cam, geometry, out_shape).full()
 
 
-# Values of the full-size map computed per matrix product: 256 KiB of float64 stays in cache, and
-# a product of at most 32768 x (a CAM's 7 columns) values stays below OpenBLAS's threading
-# threshold (a threaded 1024 x 7 x 1024 product took 16 ms instead of 0.9 ms on a busy 2-core
-# worker).
+# Values of the full-size map computed per matrix product. 256 KiB of float64 stays in cache, and
+# a product that small stays on one OpenBLAS thread: one split across threads waits for a
+# scheduler tick when the cores are busy (a 1024 x 7 x 1024 product took 16 ms instead of 0.9 ms on
+# the shared 2-core VM; 32-row blocks, 0.4 ms in all).
 _BLOCK_VALUES = 32768
 
 
