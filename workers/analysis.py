@@ -1,18 +1,18 @@
 """From analysed images to every result object of one job, with deterministic UIDs.
 
 ``analyse`` runs the model once over all images and turns each finding into a FindingResult
-(score, operating threshold, heatmap and region for the present ones). ``build_results`` then
-calls the result builders: an SC per present finding (up to a cap) and a summary SC per image,
-optionally a probability SEG and a region GSPS per image, and one TID 1500 SR that references all
-of them; every object names the job's step, and the images reference the SR
-(``workers.results.links``). A job whose images were all refused gets a "not analysed" SR
-instead (``not_analysed``). Pure apart from inference: no database, no store; ``build_results``
-and ``not_analysed`` need no model at all (scripts/render_gallery.py feeds them synthetic
-findings).
+(score, operating threshold, region for the present ones, and a full-size heatmap for those that
+the results draw). ``build_results`` then calls the result builders: an SC per present finding (up
+to a cap) and a summary SC per image, optionally a probability SEG and a region GSPS per image, and
+one TID 1500 SR that references all of them; every object names the job's step, and the images
+reference the SR (``workers.results.links``). A job whose images were all refused gets a "not
+analysed" SR instead (``not_analysed``). Pure apart from inference: no database, no store;
+``build_results`` and ``not_analysed`` need no model at all (scripts/render_gallery.py feeds them
+synthetic findings).
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from db.models import ResultKind, SCEncoding
-from models.cam import cam_to_image
-from models.preprocess import prepare_image
+from models.cam import ImageCam
+from models.preprocess import CropGeometry, prepare_image
 from models.registry import ModelEntry
 from models.runtime import load_model
 from radlight.stages import StageClock
@@ -114,30 +114,55 @@ def _finding_results(
     image: AnalysedImage,
     probabilities: NDArray[np.float32],
     heatmaps: NDArray[np.float32],
-    geometry: object,
-    default_threshold: float,
+    geometry: CropGeometry,
+    options: ResultOptions,
 ) -> ImageFindings:
+    """Each label's score and threshold; a region for every present finding; a full-size heatmap
+    only for the findings that ``build_results`` draws (:func:`_drawn`).
+
+    A region is found on the CAM laid over the image without making the whole map
+    (``models.cam.ImageCam`` read on a coarse grid and a few bands, the same box as from the full
+    map); making a 1024² map for each of 14 present findings was most of this stage's time.
+    """
     findings: list[FindingResult] = []
+    cams: dict[str, ImageCam] = {}
     for k, spec in enumerate(entry.card.labels):
         score = FindingScore.for_label(spec.name, float(probabilities[k]))
-        threshold = spec.threshold if spec.threshold is not None else default_threshold
+        threshold = spec.threshold if spec.threshold is not None else options.default_threshold
         if score.probability >= threshold:
-            heatmap = cam_to_image(heatmaps[k], geometry, image.display.shape)  # type: ignore[arg-type]
-            findings.append(FindingResult(score, threshold, heatmap, heatmap_region(heatmap)))
+            cam = ImageCam.of(heatmaps[k], geometry, image.display.shape)
+            cams[score.label] = cam
+            findings.append(FindingResult(score, threshold, region=heatmap_region(cam)))
         else:
             findings.append(FindingResult(score, threshold))
-    return ImageFindings(source=image.source, display=image.display, findings=findings)
+    scored = ImageFindings(source=image.source, display=image.display, findings=findings)
+    drawn = {finding.score.label for finding in _drawn(scored, options)}
+    return ImageFindings(
+        source=image.source,
+        display=image.display,
+        findings=[
+            replace(f, heatmap=cams[f.score.label].full()) if f.score.label in drawn else f
+            for f in findings
+        ],
+    )
+
+
+def _drawn(findings: ImageFindings, options: ResultOptions) -> list[FindingResult]:
+    """The findings whose heatmap ``build_results`` reads: the heatmap SCs' (the first
+    ``max_overlays_per_image`` present ones by score) or, with a SEG, every present one."""
+    present = findings.present()
+    return present if options.segmentation else present[: options.max_overlays_per_image]
 
 
 def run_model(
     entry: ModelEntry,
     images: Sequence[AnalysedImage],
-    default_threshold: float,
+    options: ResultOptions,
     clock: StageClock | None = None,
 ) -> list[ImageFindings]:
-    """Run the model over ``images``: each image's findings, with a heatmap and a region for the
-    present ones; ``clock``, if given, receives the time spent preprocessing, in the model and on
-    the CAMs."""
+    """Run the model over ``images``: each image's findings, with a region for the present ones
+    and a full-size heatmap for those ``options`` draw; ``clock``, if given, receives the time
+    spent preprocessing, in the model and on the CAMs."""
     clock = clock if clock is not None else StageClock()
     card = entry.card
     model = load_model(entry)
@@ -154,7 +179,7 @@ def run_model(
                 output.probabilities[index],
                 output.heatmaps[index],
                 prepared[index].geometry,
-                default_threshold,
+                options,
             )
             for index, image in enumerate(images)
         ]
@@ -170,7 +195,7 @@ def analyse(
     """Run the model over ``images`` and build every result object of the job; ``clock``, if
     given, receives the time spent preprocessing, in the model, on the CAMs and building."""
     clock = clock if clock is not None else StageClock()
-    findings = run_model(entry, images, options.default_threshold, clock)
+    findings = run_model(entry, images, options, clock)
     with clock.stage("build"):
         return build_results(job, algorithm_of(entry), findings, options)
 

@@ -371,7 +371,7 @@ def _result_phases(
         with clock.stage("build"):
             yield ground_report(inputs.identity, entry, image, inputs.posted_report, None)
         return
-    findings = run_model(entry, read.analysed, inputs.options.default_threshold, clock)
+    findings = run_model(entry, read.analysed, inputs.options, clock)
     algorithm = algorithm_of(entry)
     with clock.stage("build"):
         images = build_image_results(inputs.identity, algorithm, findings, inputs.options)

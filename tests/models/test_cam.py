@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.cam import cam_to_image, class_activation_maps, normalise_map
+from models.cam import ImageCam, _axis, cam_to_image, class_activation_maps, normalise_map
 from models.preprocess import CropGeometry
 
 
@@ -127,3 +127,79 @@ def test_peak_maps_to_original_coordinates() -> None:
 def test_cam_to_image_refuses_stacks() -> None:
     with pytest.raises(ValueError, match="one"):
         cam_to_image(np.zeros((2, 7, 7), np.float32), _identity_geometry(14))
+
+
+# -- ImageCam: the same map, read only where asked ---------------------------------------------
+
+GEOMETRIES = [
+    CropGeometry((1024, 1024), (224, 224), (0, 0), 224),  # the square DX of the assets
+    CropGeometry((1024, 800), (286, 224), (31, 0), 224),  # portrait, cropped top and bottom
+    CropGeometry((100, 200), (224, 448), (0, 112), 224),  # landscape, zero outside the crop
+    CropGeometry((3000, 2500), (268, 224), (22, 0), 224),  # larger than one block of rows
+]
+
+
+def _cams(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cams = [rng.standard_normal((7, 7)).astype(np.float32) for _ in range(6)]
+    corner = np.zeros((7, 7), np.float32)
+    corner[0, 0] = 1.0  # the peak on the held edge: a plateau, first pixel wins
+    plateau = np.zeros((7, 7), np.float32)
+    plateau[2:5, 2:5] = 1.0  # many equal maxima
+    return [*cams, corner, plateau, np.eye(5, dtype=np.float32)]
+
+
+def _one_product(cam: np.ndarray, geometry: CropGeometry) -> np.ndarray:
+    """The map as cam_to_image made it before ImageCam: one whole-image matrix product."""
+    rows, cols = geometry.original_shape
+    row_weights, _ = _axis(
+        rows,
+        rows,
+        geometry.resized_shape[0],
+        geometry.crop_origin[0],
+        geometry.crop_size,
+        cam.shape[0],
+    )
+    col_weights, _ = _axis(
+        cols,
+        cols,
+        geometry.resized_shape[1],
+        geometry.crop_origin[1],
+        geometry.crop_size,
+        cam.shape[1],
+    )
+    image = row_weights @ normalise_map(cam).astype(np.float64) @ col_weights.T
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g.original_shape}")
+def test_image_cam_is_the_whole_map_piece_by_piece(geometry: CropGeometry) -> None:
+    for cam in _cams(seed=geometry.original_shape[1]):
+        reference = _one_product(cam, geometry)
+        image_cam = ImageCam.of(cam, geometry)
+        assert image_cam.shape == reference.shape
+        np.testing.assert_array_equal(image_cam.full(), reference)
+        np.testing.assert_array_equal(cam_to_image(cam, geometry), reference)
+        for rows, cols in [
+            (slice(0, None, 8), slice(0, None, 8)),
+            (slice(3, 70), slice(None)),
+            (slice(None), slice(reference.shape[1] - 9, None)),
+        ]:
+            np.testing.assert_array_equal(image_cam.sample(rows, cols), reference[rows, cols])
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g.original_shape}")
+def test_image_cam_extrema_are_the_whole_maps(geometry: CropGeometry) -> None:
+    for cam in _cams(seed=geometry.original_shape[0]):
+        reference = _one_product(cam, geometry)
+        low, high, peak = ImageCam.of(cam, geometry).extrema()
+        assert low == float(reference.min())
+        assert high == float(reference.max())
+        row, col = np.unravel_index(int(np.argmax(reference)), reference.shape)
+        assert peak == (int(row), int(col))
+
+
+def test_image_cam_of_a_constant_map_is_zero() -> None:
+    image_cam = ImageCam.of(np.full((7, 7), 2.0, np.float32), GEOMETRIES[0])
+    assert image_cam.extrema() == (0.0, 0.0, (0, 0))
+    assert not image_cam.full().any()

@@ -18,10 +18,13 @@ import numpy as np
 import pydicom
 import pytest
 from numpy.typing import NDArray
+from PIL import ImageFont
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 import radlight
+from models.cam import cam_to_image
 from models.labels import CHEST_XRAY14_LABELS
+from models.preprocess import CropGeometry
 from radlight.uids import deterministic_uid
 from tests.dicom_io import strict_reading, to_bytes
 from workers.results import (
@@ -31,9 +34,21 @@ from workers.results import (
     FindingScore,
     build_findings_report,
     build_heatmap_overlay,
+    overlay,
 )
 from workers.results.common import AI_RESULT_WARNING
-from workers.results.overlay import LegendText, blend_heatmap, check_heatmap, render_legend
+from workers.results.overlay import (
+    JET_LUT,
+    MAX_ALPHA,
+    SUMMARY_PALETTE,
+    LegendText,
+    SummaryEntry,
+    blend_heatmap,
+    check_heatmap,
+    grey_to_rgb,
+    render_legend,
+    render_summary_legend,
+)
 from workers.results.regions import FindingResult, ImageFindings
 from workers.results.sr import INTENDED_USE
 
@@ -215,6 +230,88 @@ def test_overlay_pixels_are_the_blend_with_a_legend_band_below(source: pydicom.D
     assert len(np.unique(band.reshape(-1, 3), axis=0)) > 10, "legend band has no text"
     amber = np.all(np.abs(band.astype(int) - AMBER) <= 8, axis=-1)
     assert amber.sum() > 200, "the NOT FOR PRIMARY DIAGNOSIS line is missing"
+
+
+def _float_blend(display: NDArray[np.uint8], heatmap: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """The blend as blend_heatmap computed it before its lookup table, in float32 from the exact
+    heatmap value (the oracle)."""
+    grey = display.astype(np.float32)[..., None]
+    index = np.rint(np.asarray(heatmap, dtype=np.float64) * 255.0).astype(np.intp)
+    colour = JET_LUT[np.clip(index, 0, 255)].astype(np.float32)
+    alpha = (np.asarray(heatmap, dtype=np.float32) * np.float32(MAX_ALPHA))[..., None]
+    blended = grey * (np.float32(1.0) - alpha) + colour * alpha
+    rgb: NDArray[np.uint8] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return rgb
+
+
+def test_blend_is_the_float_blend_on_every_heatmap_level_and_grey_pair() -> None:
+    grey, level = np.meshgrid(np.arange(256), np.arange(256))
+    display = grey.astype(np.uint8)
+    heatmap = (level.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+    np.testing.assert_array_equal(blend_heatmap(display, heatmap), _float_blend(display, heatmap))
+
+
+def test_blend_of_real_heatmaps_is_within_one_level_of_the_float_blend(
+    source: pydicom.Dataset,
+) -> None:
+    display = source.pixel_array
+    geometry = CropGeometry(display.shape, (224, 224), (0, 0), 224)  # both sources are square
+    rng = np.random.default_rng(8)
+    maps = [
+        cam_to_image(rng.standard_normal((7, 7)).astype(np.float32), geometry) for _ in range(4)
+    ]
+    maps += [synthetic_heatmap(display.shape), rng.random(display.shape, dtype=np.float32)]
+    for heatmap in maps:
+        difference = np.abs(
+            blend_heatmap(display, heatmap).astype(int) - _float_blend(display, heatmap)
+        )
+        assert difference.max() <= 1  # invisible; the issue allows 2 of 255
+
+
+def test_blend_writes_into_the_given_pixels() -> None:
+    display = np.arange(12 * 5, dtype=np.uint8).reshape(12, 5)
+    heatmap = np.linspace(0.0, 1.0, display.size, dtype=np.float32).reshape(display.shape)
+    pixels = np.zeros((15, 5, 3), dtype=np.uint8)
+    assert blend_heatmap(display, heatmap, out=pixels[:12]).base is pixels
+    np.testing.assert_array_equal(pixels[:12], blend_heatmap(display, heatmap))
+    assert not pixels[12:].any()
+    with pytest.raises(ValueError, match="out must be"):
+        blend_heatmap(display, heatmap, out=pixels)
+
+
+def test_grey_to_rgb_repeats_the_grey_level() -> None:
+    display = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(grey_to_rgb(display), np.repeat(display[..., None], 3, axis=2))
+
+
+def _pillows_font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font as Pillow gives it: nothing remembered (the oracle)."""
+    font = ImageFont.load_default(size=size)
+    assert isinstance(font, ImageFont.FreeTypeFont)
+    return font
+
+
+@pytest.mark.parametrize("width", [1024, 333, 2500])
+def test_legends_drawn_from_remembered_text_are_pillows(
+    width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    legends = [
+        LegendText(title=f"Pleural Thickening 0.{k}7", detail="Model: CheXNet 1.0 (x)")
+        for k in range(3)
+    ]
+    entries = [
+        SummaryEntry(f"Finding {k} 0.{k}1 (threshold 0.50)", SUMMARY_PALETTE[k].rgb)
+        for k in range(3)
+    ] + [SummaryEntry("+2 more above their threshold (see the report)")]
+    drawn = [[render_legend(width, legend) for legend in legends] for _ in range(2)]
+    summaries = [render_summary_legend(width, entries, "Model: CheXNet 1.0") for _ in range(2)]
+    monkeypatch.setattr(overlay, "_font", _pillows_font)
+    for again in range(2):  # first drawn, then remembered
+        for legend, pixels in zip(legends, drawn[again], strict=True):
+            np.testing.assert_array_equal(pixels, render_legend(width, legend))
+        np.testing.assert_array_equal(
+            summaries[again], render_summary_legend(width, entries, "Model: CheXNet 1.0")
+        )
 
 
 def test_overlay_passes_dciodvfy(source: pydicom.Dataset, tmp_path: Path) -> None:

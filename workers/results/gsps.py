@@ -48,7 +48,11 @@ from workers.results.common import (
     stamp,
     tolerate_single_component_names,
 )
+from workers.results.iod_lookups import remember_iod_lookups
 from workers.results.regions import FindingResult, HeatmapRegion, ImageFindings
+
+# highdicom's IOD lookups were about a third of an SC's build (workers.results.iod_lookups).
+remember_iod_lookups()
 
 ANNOTATION_SERIES_DESCRIPTION = "RadLight AI regions - not for primary diagnosis"
 GRAPHIC_LAYER = "RADLIGHT_AI"

@@ -6,8 +6,10 @@ arrays and text give the same pixels.
 """
 
 import functools
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -104,16 +106,57 @@ def apply_colormap(heatmap: NDArray[np.floating]) -> NDArray[np.uint8]:
     return colours
 
 
-def blend_heatmap(
-    display_image: NDArray[np.uint8], heatmap: NDArray[np.floating]
-) -> NDArray[np.uint8]:
-    """The grey image with the heatmap's colours laid over it, opacity growing with the heatmap."""
-    grey = display_image.astype(np.float32)[..., None]
-    colour = apply_colormap(heatmap).astype(np.float32)
-    alpha = (np.asarray(heatmap, dtype=np.float32) * np.float32(MAX_ALPHA))[..., None]
+# Rows blended per step: the float64 temporaries of one step stay in cache.
+_BLEND_ROWS = 64
+
+
+@functools.cache
+def blend_table() -> NDArray[np.uint8]:
+    """65536 x 3: the blended colour of grey level ``g`` under heatmap level ``q`` (the jet index,
+    ``round(255 * heatmap)``) at row ``256 * q + g``; opacity ``MAX_ALPHA * q / 255``.
+
+    One lookup per pixel instead of float arithmetic over the whole image. Against blending with
+    the exact heatmap value the opacity differs by at most ``MAX_ALPHA / 510``, so a channel by at
+    most 1 of 255.
+    """
+    level = np.arange(256, dtype=np.float32)
+    alpha = (level / np.float32(255.0) * np.float32(MAX_ALPHA))[:, np.newaxis, np.newaxis]
+    grey = level[np.newaxis, :, np.newaxis]
+    colour = JET_LUT.astype(np.float32)[:, np.newaxis, :]
     blended = grey * (np.float32(1.0) - alpha) + colour * alpha
-    rgb: NDArray[np.uint8] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return rgb
+    table: NDArray[np.uint8] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    table = table.reshape(256 * 256, 3)
+    table.setflags(write=False)  # cached: shared by every call
+    return table
+
+
+def blend_heatmap(
+    display_image: NDArray[np.uint8],
+    heatmap: NDArray[np.floating],
+    out: NDArray[np.uint8] | None = None,
+) -> NDArray[np.uint8]:
+    """The grey image with the heatmap's colours laid over it, opacity growing with the heatmap.
+
+    Written into ``out`` (rows x columns x 3, uint8) when given, e.g. the top of a pixel matrix
+    that also holds the legend, so the blended image is not copied again.
+    """
+    rows, cols = display_image.shape
+    if out is None:
+        out = np.empty((rows, cols, 3), dtype=np.uint8)
+    if out.shape != (rows, cols, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {(rows, cols, 3)}, got {out.dtype} {out.shape}")
+    table = blend_table()
+    for start in range(0, rows, _BLEND_ROWS):
+        stop = start + _BLEND_ROWS
+        # The jet index exactly as apply_colormap makes it: round(255 * heatmap) in float64.
+        level = np.multiply(heatmap[start:stop], 255.0, dtype=np.float64)
+        np.rint(level, out=level)
+        np.clip(level, 0.0, 255.0, out=level)
+        key = level.astype(np.uint16)
+        key <<= 8
+        key |= display_image[start:stop]
+        np.take(table, key, axis=0, out=out[start:stop], mode="clip")
+    return out
 
 
 @dataclass(frozen=True)
@@ -125,13 +168,51 @@ class LegendText:
     warning: str = AI_RESULT_WARNING
 
 
+# Rendered lines a font keeps: legends repeat most of theirs from image to image (the model, the
+# warning, the colour bar's labels), and FreeType's rendering was most of a legend's time.
+_LINES_KEPT = 64
+
+
+class _RememberingFont(ImageFont.FreeTypeFont):
+    """A FreeType font that keeps the masks and lengths it has computed, by their arguments.
+
+    ``ImageDraw.text`` draws whatever mask ``getmask2`` returns, so a remembered mask draws the
+    same pixels as a fresh one. Masks for ``RGBA`` (embedded colour) are not kept: ImageDraw
+    changes those.
+    """
+
+    def __init__(self, font: ImageFont.FreeTypeFont) -> None:
+        super().__init__(
+            io.BytesIO(font.font_bytes), font.size, font.index, font.encoding, font.layout_engine
+        )
+        self._mask = functools.lru_cache(maxsize=_LINES_KEPT)(super().getmask2)
+        self._length = functools.lru_cache(maxsize=4 * _LINES_KEPT)(super().getlength)
+
+    def getmask2(  # type: ignore[override]
+        self, text: str, mode: str = "", *args: Any, **kwargs: Any
+    ) -> tuple[Any, tuple[int, int]]:
+        if mode == "RGBA":
+            return super().getmask2(text, mode, *args, **kwargs)
+        arguments = tuple(_hashable(a) for a in args)
+        named = {k: _hashable(v) for k, v in kwargs.items()}
+        return self._mask(text, mode, *arguments, **named)
+
+    def getlength(self, text: str, *args: Any, **kwargs: Any) -> float:  # type: ignore[override]
+        return float(self._length(text, *args, **kwargs))
+
+
+def _hashable(value: object) -> object:
+    """Lists (``features``) as tuples, so that the arguments can key a cache."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 @functools.lru_cache(maxsize=64)
 def _font(size: int) -> ImageFont.FreeTypeFont:
     """Pillow's bundled scalable font; without FreeType it would be a fixed 11 px bitmap font."""
     font = ImageFont.load_default(size=size)
     if not isinstance(font, ImageFont.FreeTypeFont):
         raise RuntimeError("Pillow lacks FreeType support: the legend would not scale")
-    return font
+    return _RememberingFont(font)
 
 
 def _fits(font: ImageFont.FreeTypeFont, text: str, width: float) -> bool:
@@ -233,9 +314,19 @@ def compose_overlay(
     display_image: NDArray[np.uint8], heatmap: NDArray[np.floating], text: LegendText
 ) -> NDArray[np.uint8]:
     """The blended image with the legend band appended below it (rows grow, columns stay)."""
-    blended = blend_heatmap(display_image, heatmap)
     band = render_legend(display_image.shape[1], text)
-    return np.ascontiguousarray(np.concatenate([blended, band], axis=0))
+    pixels = with_band(display_image.shape, band)
+    blend_heatmap(display_image, heatmap, out=pixels[: display_image.shape[0]])
+    return pixels
+
+
+def with_band(shape: tuple[int, ...], band: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """An RGB pixel matrix of an image of ``shape`` with ``band`` already in its last rows; the
+    image's rows are left for the caller to fill (no concatenation of a 3 MB image)."""
+    rows, cols = shape
+    pixels = np.empty((rows + band.shape[0], cols, 3), dtype=np.uint8)
+    pixels[rows:] = band
+    return pixels
 
 
 # -- summary image: region outlines and a legend with a swatch per finding ---------------------
@@ -272,10 +363,15 @@ def draw_outline(
     rgb[top : bottom + 1, max(left, right + 1 - width) : right + 1] = paint
 
 
-def grey_to_rgb(display_image: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """The MONOCHROME2 image as RGB with R = G = B."""
-    rgb: NDArray[np.uint8] = np.repeat(display_image[..., None], 3, axis=2)
-    return rgb
+def grey_to_rgb(
+    display_image: NDArray[np.uint8], out: NDArray[np.uint8] | None = None
+) -> NDArray[np.uint8]:
+    """The MONOCHROME2 image as RGB with R = G = B (into ``out`` when given)."""
+    if out is None:
+        out = np.empty((*display_image.shape, 3), dtype=np.uint8)
+    for channel in range(3):  # three strided copies: faster than np.repeat or a broadcast
+        out[..., channel] = display_image
+    return out
 
 
 @dataclass(frozen=True)

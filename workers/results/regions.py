@@ -3,12 +3,15 @@ operating threshold, and the image region its heatmap points to.
 
 The region is the bounding box of the connected hot area (heatmap ≥ ``level``) that holds the
 heatmap's peak, found on a coarse grid (CAMs are 5x5 to 7x7 maps upsampled, so a stride of a few
-pixels loses nothing) and mapped back to source pixels. A box, not a contour: it is what a
+pixels loses nothing) and refined to source pixels from four bands along the edges of its coarse box
+(the box's edges can lie nowhere else), so a CAM need not be made whole to get its region
+(``SampledHeatmap``, ``models.cam.ImageCam``). A box, not a contour: it is what a
 radiologist reads at a glance, and what every viewer draws.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -102,41 +105,141 @@ class ImageFindings:
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
+class SampledHeatmap(Protocol):
+    """A heatmap that gives any of its rows and columns without being made whole
+    (``models.cam.ImageCam``): finding a region reads a coarse grid and a few bands of pixels."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def sample(self, rows: slice, cols: slice) -> NDArray[np.float32]:
+        """The heatmap's values at ``rows`` x ``cols``, as float32."""
+        ...
+
+    def extrema(self) -> tuple[float, float, tuple[int, int]]:
+        """``(min, max, (row, column) of the first max in row-major order)``."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class _DenseHeatmap:
+    """A whole heatmap array seen as a :class:`SampledHeatmap`."""
+
+    values: NDArray[np.float32]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.values.shape
+        return rows, cols
+
+    def sample(self, rows: slice, cols: slice) -> NDArray[np.float32]:
+        return self.values[rows, cols]
+
+    def extrema(self) -> tuple[float, float, tuple[int, int]]:
+        row, col = np.unravel_index(int(np.argmax(self.values)), self.values.shape)
+        return float(self.values.min()), float(self.values.max()), (int(row), int(col))
+
+
 def heatmap_region(
-    heatmap: NDArray[np.floating], level: float = DEFAULT_LEVEL
+    heatmap: NDArray[np.floating] | SampledHeatmap, level: float = DEFAULT_LEVEL
 ) -> HeatmapRegion | None:
-    """The box around the connected area ≥ ``level`` x max that contains the peak; None if flat."""
-    if heatmap.ndim != 2 or heatmap.size == 0:
-        raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {heatmap.shape}")
+    """The box around the connected area ≥ ``level`` x max that contains the peak; None if flat.
+
+    ``heatmap`` is a 2-D array or a :class:`SampledHeatmap` (which is read only where needed).
+    """
     if not 0.0 < level <= 1.0:
         raise ValueError(f"level must be in (0, 1], got {level!r}")
-    values = np.asarray(heatmap, dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise ValueError("heatmap has NaN or infinite values")
-    peak_value = float(values.max())
-    if peak_value <= 0.0 or peak_value - float(values.min()) <= 1e-6:
+    source = _dense(heatmap) if isinstance(heatmap, np.ndarray) else heatmap
+    low, peak_value, full_peak = source.extrema()
+    if peak_value <= 0.0 or peak_value - low <= 1e-6:
         return None
-    rows, cols = values.shape
+    rows, cols = source.shape
     stride = max(1, int(np.ceil(max(rows, cols) / GRID)))
-    coarse = values[::stride, ::stride]
-    hot = coarse >= level * peak_value
+    coarse = source.sample(slice(0, rows, stride), slice(0, cols, stride))
+    threshold = level * peak_value
+    hot = coarse >= threshold
     peak_row, peak_col = np.unravel_index(int(np.argmax(coarse)), coarse.shape)
     component = _component(hot, (int(peak_row), int(peak_col)))
     r_idx, c_idx = np.nonzero(component)
+    first_row, last_row = int(r_idx.min()) * stride, int(r_idx.max()) * stride
+    first_col, last_col = int(c_idx.min()) * stride, int(c_idx.max()) * stride
     # Refine at full resolution inside the component's coarse box, one stride wider each way.
-    top, left = max(0, (int(r_idx.min()) - 1) * stride), max(0, (int(c_idx.min()) - 1) * stride)
-    bottom = min(rows, (int(r_idx.max()) + 2) * stride)
-    right = min(cols, (int(c_idx.max()) + 2) * stride)
-    fine_r, fine_c = np.nonzero(values[top:bottom, left:right] >= level * peak_value)
-    full_peak = np.unravel_index(int(np.argmax(values)), values.shape)
+    window = (
+        max(0, first_row - stride),
+        min(rows, last_row + 2 * stride),
+        max(0, first_col - stride),
+        min(cols, last_col + 2 * stride),
+    )
+    box = _refined_box(source, window, (first_row, last_row), (first_col, last_col), threshold)
+    if box is None:
+        box = _window_box(source, window, threshold)
+    y0, y1, x0, x1 = box
     return HeatmapRegion(
-        x0=float(left + fine_c.min()),
-        y0=float(top + fine_r.min()),
-        x1=float(left + fine_c.max() + 1),
-        y1=float(top + fine_r.max() + 1),
+        x0=float(x0),
+        y0=float(y0),
+        x1=float(x1),
+        y1=float(y1),
         peak_x=float(full_peak[1]),
         peak_y=float(full_peak[0]),
     )
+
+
+def _dense(heatmap: NDArray[np.floating]) -> _DenseHeatmap:
+    if heatmap.ndim != 2 or heatmap.size == 0:
+        raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {heatmap.shape}")
+    values = np.asarray(heatmap, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("heatmap has NaN or infinite values")
+    return _DenseHeatmap(values)
+
+
+# (top, bottom, left, right): rows top..bottom-1 and columns left..right-1.
+Window = tuple[int, int, int, int]
+
+
+def _window_box(source: SampledHeatmap, window: Window, threshold: float) -> Window:
+    """The box (y0, y1, x0, x1) of every pixel ≥ ``threshold`` in ``window``, read whole."""
+    top, bottom, left, right = window
+    fine_r, fine_c = np.nonzero(source.sample(slice(top, bottom), slice(left, right)) >= threshold)
+    return (
+        top + int(fine_r.min()),
+        top + int(fine_r.max()) + 1,
+        left + int(fine_c.min()),
+        left + int(fine_c.max()) + 1,
+    )
+
+
+def _refined_box(
+    source: SampledHeatmap,
+    window: Window,
+    hot_rows: tuple[int, int],
+    hot_cols: tuple[int, int],
+    threshold: float,
+) -> Window | None:
+    """:func:`_window_box` read from four bands of the window instead of all of it.
+
+    The component's coarse box has hot pixels on its first and last rows and columns (``hot_rows``,
+    ``hot_cols``, in pixels), so the box's top edge lies between the window's top and the first of
+    them, and so on: only those bands need reading. None if a band holds no hot pixel (a sampled
+    heatmap whose coarse grid and bands disagreed in the last bit), to read the window whole.
+    """
+    top, bottom, left, right = window
+    first_row, last_row = hot_rows
+    first_col, last_col = hot_cols
+    band = source.sample(slice(top, min(bottom, first_row + 1)), slice(left, right))
+    above = np.flatnonzero((band >= threshold).any(axis=1))
+    band = source.sample(slice(max(top, last_row), bottom), slice(left, right))
+    below = np.flatnonzero((band >= threshold).any(axis=1))
+    if above.size == 0 or below.size == 0:
+        return None
+    y0, y1 = top + int(above[0]), max(top, last_row) + int(below[-1]) + 1
+    band = source.sample(slice(y0, y1), slice(left, min(right, first_col + 1)))
+    before = np.flatnonzero((band >= threshold).any(axis=0))
+    band = source.sample(slice(y0, y1), slice(max(left, last_col), right))
+    after = np.flatnonzero((band >= threshold).any(axis=0))
+    if before.size == 0 or after.size == 0:
+        return None
+    return y0, y1, left + int(before[0]), max(left, last_col) + int(after[-1]) + 1
 
 
 def _component(mask: NDArray[np.bool_], seed: tuple[int, int]) -> NDArray[np.bool_]:

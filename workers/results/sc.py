@@ -40,6 +40,7 @@ from workers.results.common import (
     stamp,
     tolerate_single_component_names,
 )
+from workers.results.iod_lookups import remember_iod_lookups
 from workers.results.overlay import (
     SUMMARY_PALETTE,
     LegendText,
@@ -53,8 +54,12 @@ from workers.results.overlay import (
     outline_width_for,
     pixel_box,
     render_summary_legend,
+    with_band,
 )
 from workers.results.regions import FindingResult, ImageFindings
+
+# highdicom's IOD lookups were about a third of an SC's build (workers.results.iod_lookups).
+remember_iod_lookups()
 
 OVERLAY_SERIES_DESCRIPTION = "RadLight AI heatmap - not for primary diagnosis"
 SUMMARY_SERIES_DESCRIPTION = "RadLight AI summary - not for primary diagnosis"
@@ -438,7 +443,13 @@ def build_summary_overlay(
 
     present = image.present()
     outlined = list(zip(present[:max_findings], SUMMARY_PALETTE, strict=False))
-    rgb = grey_to_rgb(display)
+    band = render_summary_legend(
+        display.shape[1],
+        _summary_entries(outlined, len(present) - len(outlined)),
+        detail=f"Model: {algorithm.title}",
+    )
+    pixels = with_band(display.shape, band)
+    rgb = grey_to_rgb(display, out=pixels[: display.shape[0]])
     width = outline_width_for(display.shape)
     for finding, colour in reversed(outlined):
         if finding.region is None:
@@ -447,12 +458,6 @@ def build_summary_overlay(
         box = pixel_box((region.x0, region.y0, region.x1, region.y1), display.shape)
         if box is not None:
             draw_outline(rgb, box, colour.rgb, width)
-    band = render_summary_legend(
-        display.shape[1],
-        _summary_entries(outlined, len(present) - len(outlined)),
-        detail=f"Model: {algorithm.title}",
-    )
-    pixels = np.ascontiguousarray(np.concatenate([rgb, band], axis=0))
 
     described = [
         f"{f.score.display_label} {f.score.probability:.2f} "

@@ -37,7 +37,11 @@ from workers.results.common import (
     stamp,
     tolerate_single_component_names,
 )
+from workers.results.iod_lookups import remember_iod_lookups
 from workers.results.regions import FindingResult, ImageFindings
+
+# highdicom's IOD lookups were about a third of an SC's build (workers.results.iod_lookups).
+remember_iod_lookups()
 
 SEGMENTATION_SERIES_DESCRIPTION = "RadLight AI probability map - not for primary diagnosis"
 SEGMENTATION_CONTENT_LABEL = "RADLIGHT_AI"

@@ -1,0 +1,64 @@
+"""highdicom's IOD lookups, remembered: the same answers as highdicom's own function."""
+
+import highdicom as hd
+import pytest
+from highdicom import _standard_utils, base
+from highdicom.sr import content as sr_content
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    DigitalXRayImageStorageForPresentation,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
+
+import workers.results  # noqa: F401  (the builders turn the cache on when imported)
+from workers.results import iod_lookups
+
+SOP_CLASSES = [
+    SecondaryCaptureImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    SegmentationStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    ComprehensiveSRStorage,
+]
+
+
+def test_the_builders_turn_the_cache_on_everywhere_highdicom_bound_the_lookup() -> None:
+    for module in (_standard_utils, base, sr_content):
+        assert module.is_attribute_in_iod is iod_lookups.is_attribute_in_iod
+
+
+@pytest.mark.parametrize("sop_class", SOP_CLASSES)
+@pytest.mark.parametrize(
+    ("attribute", "exclude"),
+    [
+        ("PixelData", None),
+        ("PixelData", ["IconImageSequence"]),
+        ("FloatPixelData", ["IconImageSequence"]),
+        ("ContentDate", None),
+        ("NumberOfFrames", None),
+    ],
+)
+def test_answers_are_highdicoms(sop_class: str, attribute: str, exclude: list[str] | None) -> None:
+    expected = iod_lookups._ORIGINAL(attribute, sop_class, exclude_path_elements=exclude)
+    for _ in range(2):  # the first answer computed, the second remembered
+        assert iod_lookups.is_attribute_in_iod(attribute, sop_class, exclude) is expected
+
+
+def test_images_are_told_from_other_objects_as_before() -> None:
+    assert _standard_utils.does_iod_have_pixel_data(SecondaryCaptureImageStorage)
+    assert _standard_utils.does_iod_have_pixel_data(DigitalXRayImageStorageForPresentation)
+    assert not _standard_utils.does_iod_have_pixel_data(ComprehensiveSRStorage)
+    assert not _standard_utils.does_iod_have_pixel_data(GrayscaleSoftcopyPresentationStateStorage)
+    report = Dataset()
+    report.SOPClassUID = ComprehensiveSRStorage
+    report.SOPInstanceUID = "1.2.3.4"
+    with pytest.raises(ValueError, match="image"):
+        hd.ReferencedImageSequence(referenced_images=[report])
+
+
+def test_an_unknown_sop_class_is_still_refused() -> None:
+    with pytest.raises(KeyError, match="No IOD"):
+        iod_lookups.is_attribute_in_iod("PixelData", "1.2.3.4.5.6")
