@@ -245,18 +245,8 @@ class KeptAssociations:
     per instance (one lock); a worker process keeps one instance.
     """
 
-    def __init__(
-        self,
-        *,
-        calling_ae: str,
-        timeout_s: float = 30.0,
-        idle_s: float = 20.0,
-        always_propose: Mapping[str, Sequence[str]] | None = None,
-    ) -> None:
+    def __init__(self, *, calling_ae: str, timeout_s: float = 30.0, idle_s: float = 20.0) -> None:
         self.calling_ae = calling_ae
-        # Proposed on every association (SOP class → transfer syntaxes): what this sender will
-        # send sooner or later, so that a job's later results do not need a new association.
-        self.always_propose = {k: list(v) for k, v in (always_propose or {}).items()}
         self.timeout_s = timeout_s
         self.idle_s = idle_s
         self.opened = 0  # associations opened so far (the benchmarks print it)
@@ -310,8 +300,6 @@ class KeptAssociations:
         else:
             contexts = {}
         merged = {k: list(v) for k, v in contexts.items()}
-        for wanted_class, wanted_syntaxes in self.always_propose.items():
-            merged[wanted_class] = _union(merged.get(wanted_class, []), wanted_syntaxes)
         for wanted_class, wanted_syntaxes in self._wanted.get(peer, {}).items():
             merged[wanted_class] = _union(merged.get(wanted_class, []), wanted_syntaxes)
         merged[sop_class] = _union(merged.get(sop_class, []), syntaxes)

@@ -19,8 +19,7 @@ STAGES: dict[str, str] = {
     "inference": "The ONNX model's run (scores and feature maps, the per-label CAM matmul).",
     "cam": "Each present finding's map put back on the image and its region found.",
     "build": "Result objects built (SC, SR, ...), encoded, written and recorded.",
-    "deliver": "First attempt at sending every result to every destination (C-STORE), as far "
-    "as it outlasts the build: the job's images are sent while its report is being built.",
+    "deliver": "First attempt at sending every result to every destination (C-STORE).",
 }
 
 

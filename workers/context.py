@@ -3,34 +3,16 @@
 from dataclasses import dataclass
 from functools import cache
 
-from pydicom.uid import (
-    ComprehensiveSRStorage,
-    ExplicitVRLittleEndian,
-    GrayscaleSoftcopyPresentationStateStorage,
-    JPEGBaseline8Bit,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-)
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, make_session_factory
-from dicom_node.scu import KeptAssociations, proposed_syntaxes
+from dicom_node.scu import KeptAssociations
 from dicom_node.store import InstanceStore
 from models.registry import ModelRegistry
 from models.runtime import set_intra_op_threads
 from radlight.queue import TaskProducer
 from radlight.settings import Settings, load_settings
-
-_UNCOMPRESSED = proposed_syntaxes(ExplicitVRLittleEndian)
-# Every SOP class and syntax a worker's results come in: proposed on each kept association, so
-# that a job's report, sent after its images, finds its context already there.
-RESULT_CONTEXTS: dict[str, list[str]] = {
-    SecondaryCaptureImageStorage: [*_UNCOMPRESSED, JPEGBaseline8Bit],
-    ComprehensiveSRStorage: _UNCOMPRESSED,
-    SegmentationStorage: _UNCOMPRESSED,
-    GrayscaleSoftcopyPresentationStateStorage: _UNCOMPRESSED,
-}
 
 
 @dataclass(frozen=True)
@@ -54,9 +36,7 @@ def build_context(settings: Settings) -> WorkerContext:
         store=InstanceStore(settings.store_dir),
         registry=ModelRegistry(settings.models_dir),
         producer=TaskProducer(settings),
-        sender=KeptAssociations(
-            calling_ae=settings.result_ae_title, always_propose=RESULT_CONTEXTS
-        ),
+        sender=KeptAssociations(calling_ae=settings.result_ae_title),
     )
 
 

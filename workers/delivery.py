@@ -3,13 +3,11 @@
 ``deliver_job_results`` is the fast path: the job's own worker sends every result of the job at
 once, over an association kept open per destination (one handshake, TCP_NODELAY). What fails there
 is left RETRYING with its back-off and returned, for the caller to put on the delivery queue, where
-``deliver_result`` sends one delivery per task, as every retry does. ``BackgroundDelivery`` runs
-it on a thread of the worker, so a job's first results travel while the rest are being built.
+``deliver_result`` sends one delivery per task, as every retry does.
 """
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from db.deliveries import claim_delivery, mark_delivery
@@ -142,49 +140,3 @@ def deliver_job_results(
                 )
         logger.info("%d results sent over kept associations", len(sent))
     return retries
-
-
-class BackgroundDelivery:
-    """``deliver_job_results`` on one thread, batch after batch in the order given, so that the
-    PACS stores a job's images while the worker builds its report (two cores: the worker's and the
-    PACS's work overlap instead of adding up).
-
-    One thread keeps the batches in order and the kept associations used by one sender at a time;
-    each batch records its own outcome in its own transactions. ``finish`` waits for every batch
-    and returns the deliveries to queue for a retry. A batch that raised (its database, say) is
-    logged and all its deliveries are queued: a task sends those it can still claim, and the
-    dispatcher's stale-delivery sweep puts back those left claimed.
-    """
-
-    def __init__(self, ctx: WorkerContext) -> None:
-        self._ctx = ctx
-        self._executor: ThreadPoolExecutor | None = None
-        self._batches: list[tuple[list[int], Future[list[tuple[int, float | None]]]]] = []
-
-    def submit(self, deliveries: Sequence[tuple[int, Outgoing]]) -> None:
-        if not deliveries:
-            return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delivery")
-        future = self._executor.submit(deliver_job_results, list(deliveries), self._ctx)
-        self._batches.append(([delivery_id for delivery_id, _ in deliveries], future))
-
-    @property
-    def started(self) -> bool:
-        """Whether anything is being sent (or waits to be collected by ``finish``)."""
-        return bool(self._batches)
-
-    def finish(self) -> list[tuple[int, float | None]]:
-        """Wait for every batch; the deliveries to queue for a retry, with their back-off."""
-        retries: list[tuple[int, float | None]] = []
-        for delivery_ids, future in self._batches:
-            try:
-                retries.extend(future.result())
-            except Exception as exc:  # noqa: BLE001 - reported, and every delivery retried
-                logger.warning("sending %d results failed: %s", len(delivery_ids), exc)
-                retries.extend((delivery_id, None) for delivery_id in delivery_ids)
-        self._batches.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        return retries

@@ -12,7 +12,7 @@ made for a report posted through the API (``Job.report_id``) grounds that text o
 """
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from io import BytesIO
@@ -52,13 +52,11 @@ from workers.analysis import (
     JobIdentity,
     ResultOptions,
     algorithm_of,
-    build_image_results,
-    build_report_result,
+    analyse,
     not_analysed,
-    run_model,
 )
 from workers.context import WorkerContext
-from workers.delivery import BackgroundDelivery
+from workers.delivery import deliver_job_results
 from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 from workers.lease import held_lease, worker_name
@@ -302,106 +300,76 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
         with clock.stage("decode"):
             read = _read_inputs(ctx, inputs, entry.card.input)
         skipped_note = "; ".join(f"{uid}: {why}" for uid, why in sorted(read.skipped.items()))
-        sending = BackgroundDelivery(ctx) if ctx.settings.delivery_inline else None
-        queued: list[tuple[int, float | None]] = []
-        try:
-            if read.analysed:
-                state = JobState.SUCCEEDED
-                reason = f"some images not analysed: {skipped_note}" if read.skipped else None
-                phases = _result_phases(inputs, entry, read, clock)
-            else:
-                state = JobState.NOT_ANALYSED
-                nothing = (
-                    "no image to ground the report on" if read.reports else "no input instances"
-                )
-                reason = f"not analysed: {skipped_note or nothing}"
-                phases = _not_analysed_phase(inputs, entry, read, clock)
-            count = 0
+        if read.analysed:
+            state = JobState.SUCCEEDED
+            reason = f"some images not analysed: {skipped_note}" if read.skipped else None
             try:
-                for built in phases:
-                    with clock.stage("build"), transaction(ctx.sessions) as session:
-                        to_send = _store_results(ctx, session, inputs, entry, built)
-                    count += len(built)
-                    if sending is not None:
-                        sending.submit(to_send)
-                    else:
-                        queued.extend((delivery_id, None) for delivery_id, _ in to_send)
+                built = _analyse(inputs, entry, read, clock)
             except ModelError as exc:
                 return _finish(
                     ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry, clock=clock
                 )
-            with clock.stage("build"), transaction(ctx.sessions) as session:
-                finish_job(
-                    session=session,
-                    job_id=job_id,
-                    state=state,
-                    reason=reason,
-                    model_version=entry.card.version,
-                    model_sha256=entry.sha256,
+        else:
+            state = JobState.NOT_ANALYSED
+            nothing = "no image to ground the report on" if read.reports else "no input instances"
+            reason = f"not analysed: {skipped_note or nothing}"
+            with clock.stage("build"):
+                built = not_analysed(
+                    inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
                 )
-                record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
-            log = logger.info if state is JobState.SUCCEEDED else logger.warning
-            log(
-                "job %d %s: %d results%s",
-                job_id,
-                state.value,
-                count,
-                f" ({reason})" if reason else "",
+        with clock.stage("build"), transaction(ctx.sessions) as session:
+            to_send = _store_results(ctx, session, inputs, entry, built)
+            finish_job(
+                session=session,
+                job_id=job_id,
+                state=state,
+                reason=reason,
+                model_version=entry.card.version,
+                model_sha256=entry.sha256,
             )
-            if sending is not None and sending.started:
-                with clock.stage("deliver"):
-                    queued.extend(sending.finish())
-                _record_delivery_time(ctx, job_id, clock)
-            return state
-        finally:
-            if sending is not None:
-                queued.extend(sending.finish())  # on an exception: what was in flight
-            _queue_deliveries(ctx, queued)
+            record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
+        log = logger.info if state is JobState.SUCCEEDED else logger.warning
+        log(
+            "job %d %s: %d results%s",
+            job_id,
+            state.value,
+            len(built),
+            f" ({reason})" if reason else "",
+        )
+        _deliver(ctx, job_id, to_send, clock)
+        return state
 
 
-def _result_phases(
+def _analyse(
     inputs: JobInputs, entry: ModelEntry, read: ReadInputs, clock: StageClock
-) -> Iterator[list[BuiltResult]]:
-    """The job's results in the order they can be stored and sent: the images first (they need
-    only the model's findings), then the reports that list them as evidence; or, for a job made
-    for a posted report, only that report's grounding on the first analysed image (sorted by SOP
-    Instance UID). Raises ModelError from the model."""
+) -> list[BuiltResult]:
+    """The job's results: findings (unless it only grounds a posted report) and grounded reports
+    on the first analysed image (sorted by SOP Instance UID)."""
     image = read.analysed[0]
     if inputs.posted_report is not None:
         with clock.stage("build"):
-            yield ground_report(inputs.identity, entry, image, inputs.posted_report, None)
-        return
-    findings = run_model(entry, read.analysed, inputs.options, clock)
-    algorithm = algorithm_of(entry)
+            return ground_report(inputs.identity, entry, image, inputs.posted_report, None)
+    built = analyse(inputs.identity, entry, read.analysed, inputs.options, clock)
     with clock.stage("build"):
-        images = build_image_results(inputs.identity, algorithm, findings, inputs.options)
-    yield images
-    with clock.stage("build"):
-        reports = [build_report_result(inputs.identity, algorithm, findings, images)]
         for report, text in read.reports:
-            reports.extend(ground_report(inputs.identity, entry, image, text, report))
-    yield reports
+            built.extend(ground_report(inputs.identity, entry, image, text, report))
+    return built
 
 
-def _not_analysed_phase(
-    inputs: JobInputs, entry: ModelEntry, read: ReadInputs, clock: StageClock
-) -> Iterator[list[BuiltResult]]:
-    with clock.stage("build"):
-        yield not_analysed(
-            inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
-        )
-
-
-def _record_delivery_time(ctx: WorkerContext, job_id: int, clock: StageClock) -> None:
-    try:
-        with transaction(ctx.sessions) as session:
-            record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
-    except SQLAlchemyError as exc:  # the results are out; only a timing is lost
-        logger.warning("could not record job %d's delivery time: %s", job_id, exc)
-
-
-def _queue_deliveries(ctx: WorkerContext, queued: list[tuple[int, float | None]]) -> None:
-    """Put on the delivery queue what was not sent inline (all of it, without inline delivery)."""
+def _deliver(
+    ctx: WorkerContext, job_id: int, to_send: list[tuple[int, Outgoing]], clock: StageClock
+) -> None:
+    """Send the job's results now (``delivery_inline``) and queue what failed for a retry, or
+    queue every delivery as its own task; then record the delivery stage."""
+    queued: list[tuple[int, float | None]] = [(delivery_id, None) for delivery_id, _ in to_send]
+    if ctx.settings.delivery_inline and to_send:
+        with clock.stage("deliver"):
+            queued = deliver_job_results(to_send, ctx)
+        try:
+            with transaction(ctx.sessions) as session:
+                record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
+        except SQLAlchemyError as exc:  # the results are out; only a timing is lost
+            logger.warning("could not record job %d's delivery time: %s", job_id, exc)
     for delivery_id, countdown in queued:
         try:
             ctx.producer.enqueue_delivery(delivery_id, countdown=countdown)
