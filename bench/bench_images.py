@@ -18,10 +18,14 @@ Run (``b8d506f`` is the commit before this work)::
 """
 
 import argparse
+import atexit
 import datetime
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable
@@ -96,12 +100,34 @@ def corners(region: HeatmapRegion | None) -> tuple[float, ...] | None:
     return (region.x0, region.y0, region.x1, region.y1, region.peak_x, region.peak_y)
 
 
+BASELINE_COMMIT = "b8d506f"  # main before the CAM and SC work of issue 8
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, required=True)
-    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--baseline", type=Path, help="earlier tree (default: b8d506f, unpacked)")
+    parser.add_argument("--models", type=Path, help="models folder (default: built here)")
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="radlight-bench-images-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    if args.baseline is None:  # ``make bench`` runs every benchmark without arguments
+        args.baseline = scratch / "baseline"
+        args.baseline.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", BASELINE_COMMIT], cwd=REPO, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(args.baseline)], input=archive, check=True)
+    if args.models is None:
+        env = dict(os.environ, RADLIGHT_DATA_DIR=str(scratch / "data"))
+        subprocess.run(
+            [sys.executable, "-m", "radlight", "models", "build", "densenet121-untrained"],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        args.models = scratch / "data" / "models"
 
     old_cam = load_baseline(args.baseline, "baseline_cam", "models/cam.py", {})
     old_regions = load_baseline(args.baseline, "baseline_regions", "workers/results/regions.py", {})

@@ -13,7 +13,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     SecondaryCaptureImageStorage,
@@ -154,6 +154,10 @@ def storage_scp(
             scp.received_bytes.append(data.getvalue())
         return status
 
+    # Received whole, so the handler sees the bytes as they came: importing dicom_node.scp turns
+    # pynetdicom's chunked receive on for the whole process.
+    chunked = _config.STORE_RECV_CHUNKED_DATASET
+    _config.STORE_RECV_CHUNKED_DATASET = False
     for name, value in ae_attributes.items():
         setattr(ae, name, value)
     ae.add_supported_context(SecondaryCaptureImageStorage, list(syntaxes))
@@ -166,6 +170,7 @@ def storage_scp(
         yield scp
     finally:
         server.shutdown()
+        _config.STORE_RECV_CHUNKED_DATASET = chunked
 
 
 def test_delivery_to_orthanc_is_sent_and_not_sent_twice(
