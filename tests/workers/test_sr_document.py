@@ -20,13 +20,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 
-import radlight
 from models.grounding.grounder import GroundedPhrase
 from models.grounding.phrases import parse_report, split_sentences
-from models.labels import LOCAL
 from radlight.uids import deterministic_uid
 from tests.dicom_io import to_bytes
 from tests.grounding_study import REPORT, report_sr
@@ -34,7 +31,6 @@ from tests.workers.test_sr import ALGORITHM, WHEN, header_copy, image_findings, 
 from workers.results import grounded_sr, sr
 from workers.results.common import (
     AlgorithmInfo,
-    algorithm_equipment,
     header_view,
     stamp,
     tolerate_single_component_names,
@@ -55,41 +51,22 @@ def highdicom_document(
     when: datetime.datetime,
     previous_versions: Sequence[pydicom.Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
-    """``sr._document`` as it was: highdicom's ComprehensiveSR constructor given the whole tree."""
+    """``sr._document`` as it was: highdicom's ComprehensiveSR constructor given the whole tree
+    (the other arguments are the production ones, so only the content handling is compared)."""
+    arguments = sr._document_arguments(
+        evidence=evidence,
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        equipment_description=equipment_description,
+        when=when,
+        previous_versions=previous_versions,
+    )
     with tolerate_single_component_names():
-        document = hd.sr.ComprehensiveSR(
-            evidence=evidence,
-            content=report,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
-            manufacturer=algorithm.manufacturer,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            contributing_equipment=[
-                algorithm_equipment(
-                    algorithm,
-                    when,
-                    f"{equipment_description} by {algorithm.title} "
-                    f"(model sha256 {algorithm.sha256}). {radlight.NOT_FOR_PRIMARY_DIAGNOSIS}",
-                )
-            ],
-            coding_schemes=[
-                CodingSchemeIdentificationItem(
-                    designator=LOCAL,
-                    name="RadLight local codes",
-                    responsible_organization=algorithm.manufacturer,
-                )
-            ],
-            series_description=series_description,
-            manufacturer_model_name=algorithm.name,
-            software_versions=[algorithm.version, f"RadLight {algorithm.software_version}"],
-            content_date=when.date(),
-            content_time=when.time(),
-            previous_versions=list(previous_versions) or None,
-        )
+        document = hd.sr.ComprehensiveSR(content=report, **arguments)
     stamp(document, when)
     return document
 

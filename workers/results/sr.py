@@ -46,7 +46,7 @@ import datetime
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import highdicom as hd
 import pydicom
@@ -440,6 +440,55 @@ def _sequence_items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
     return items
 
 
+def _document_arguments(
+    *,
+    evidence: Sequence[pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    equipment_description: str,
+    when: datetime.datetime,
+    previous_versions: Sequence[pydicom.Dataset] = (),
+) -> dict[str, Any]:
+    """highdicom's ComprehensiveSR arguments but the content: one place, so the oracle test
+    builds the same document the slow way from them."""
+    return {
+        "evidence": evidence,
+        "series_instance_uid": series_instance_uid,
+        "series_number": series_number,
+        "sop_instance_uid": sop_instance_uid,
+        "instance_number": instance_number,
+        "manufacturer": algorithm.manufacturer,
+        "is_complete": True,
+        "is_final": False,
+        "is_verified": False,
+        "contributing_equipment": [
+            algorithm_equipment(
+                algorithm,
+                when,
+                f"{equipment_description} by {algorithm.title} "
+                f"(model sha256 {algorithm.sha256}). {radlight.NOT_FOR_PRIMARY_DIAGNOSIS}",
+            )
+        ],
+        "coding_schemes": [
+            CodingSchemeIdentificationItem(
+                designator=LOCAL,
+                name="RadLight local codes",
+                responsible_organization=algorithm.manufacturer,
+            )
+        ],
+        "series_description": series_description,
+        "manufacturer_model_name": algorithm.name,
+        "software_versions": [algorithm.version, f"RadLight {algorithm.software_version}"],
+        "content_date": when.date(),
+        "content_time": when.time(),
+        "previous_versions": list(previous_versions) or None,
+    }
+
+
 def _document(
     *,
     report: hd.sr.MeasurementReport,
@@ -470,40 +519,20 @@ def _document(
     """
     root = report[0]
     _check_content_references(root, evidence)
+    arguments = _document_arguments(
+        evidence=evidence,
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        equipment_description=equipment_description,
+        when=when,
+        previous_versions=previous_versions,
+    )
     with tolerate_single_component_names():
-        document = hd.sr.ComprehensiveSR(
-            evidence=evidence,
-            content=_content_frame(root),
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
-            manufacturer=algorithm.manufacturer,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            contributing_equipment=[
-                algorithm_equipment(
-                    algorithm,
-                    when,
-                    f"{equipment_description} by {algorithm.title} "
-                    f"(model sha256 {algorithm.sha256}). {radlight.NOT_FOR_PRIMARY_DIAGNOSIS}",
-                )
-            ],
-            coding_schemes=[
-                CodingSchemeIdentificationItem(
-                    designator=LOCAL,
-                    name="RadLight local codes",
-                    responsible_organization=algorithm.manufacturer,
-                )
-            ],
-            series_description=series_description,
-            manufacturer_model_name=algorithm.name,
-            software_versions=[algorithm.version, f"RadLight {algorithm.software_version}"],
-            content_date=when.date(),
-            content_time=when.time(),
-            previous_versions=list(previous_versions) or None,
-        )
+        document = hd.sr.ComprehensiveSR(content=_content_frame(root), **arguments)
     document[_CONTENT_SEQUENCE] = root[_CONTENT_SEQUENCE]
     document._content = report  # as highdicom's from_dataset sets it
     stamp(document, when)
