@@ -290,26 +290,36 @@ def _read_checked(onnx_path: Path, sha256: str) -> bytes:
 
 
 _intra_op_threads = 0  # 0: onnxruntime's choice (one per core)
+_allow_spinning = False
 
 
-def set_intra_op_threads(threads: int) -> None:
-    """Threads each new session may use for one operator; a worker process running beside others
-    on the same cores sets cores / processes, so they do not oversubscribe the CPU. 0 lets
-    onnxruntime choose. Sessions built before the call keep their setting."""
-    global _intra_op_threads
+def set_intra_op_threads(threads: int, *, spinning: bool = False) -> None:
+    """Threads each new session may use for one operator, and whether they spin between
+    operators. A worker process running beside others on the same cores sets cores / processes,
+    so they do not oversubscribe the CPU; 0 lets onnxruntime choose. Spinning (onnxruntime's
+    default) keeps idle threads busy-waiting for the next operator and on past the run: a few ms
+    less per inference on cores of its own, but on cores shared with the worker's own Python, the
+    node and the database it burns the time they need (docs/PERFORMANCE.md: 27 ms of CPU per
+    DenseNet-121 inference). Sessions built before the call keep their setting."""
+    global _intra_op_threads, _allow_spinning
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
     _intra_op_threads = threads
+    _allow_spinning = spinning
 
 
 def session_options() -> ort.SessionOptions:
     """Every graph optimisation, sequential execution (DenseNet is a chain), and the process's
-    intra-op thread count; the CUDA provider, where present, is chosen in ``available_providers``."""
+    intra-op threads and spinning; the CUDA provider, where present, is chosen in
+    ``available_providers``."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if _intra_op_threads:
         options.intra_op_num_threads = _intra_op_threads
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if _allow_spinning else "0"
+    )
     return options
 
 

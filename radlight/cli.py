@@ -77,11 +77,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.tasks import app
 
     queues = args.queues or f"{QUEUE_INFERENCE},{QUEUE_DELIVERY}"
+    concurrency = args.concurrency or settings.worker_concurrency
+    # The pool's processes read their settings afresh: tell them how many of them share the
+    # cores, from which each sizes its inference threads.
+    os.environ["RADLIGHT_WORKER_CONCURRENCY"] = str(concurrency)
     argv = [
         "worker",
         f"--loglevel={settings.log_level}",
         f"--queues={queues}",
-        f"--concurrency={args.concurrency or settings.worker_concurrency}",
+        f"--concurrency={concurrency}",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -5,6 +5,7 @@ under ``data_dir``, and Celery on kombu's filesystem transport (a queue in a fol
 ``RADLIGHT_DATABASE_URL`` at PostgreSQL and ``RADLIGHT_BROKER_URL`` at Redis to scale out.
 """
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -83,8 +84,15 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=256,
-        description="onnxruntime intra-op threads per worker process; 0 = one per core. With N "
-        "worker processes on C cores, C / N keeps them from oversubscribing the CPU.",
+        description="onnxruntime intra-op threads per worker process; 0 = the cores this process "
+        "may run on divided by the worker processes (worker_concurrency), at least 1, so N "
+        "workers on C cores do not oversubscribe the CPU.",
+    )
+    inference_spinning: bool = Field(
+        default=False,
+        description="Let onnxruntime's threads busy-wait between operators (its own default): a "
+        "few ms less per inference on cores of their own, CPU taken from everything else on "
+        "shared ones.",
     )
     delivery_inline: bool = Field(
         default=True,
@@ -214,6 +222,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.resolved_data_dir / 'radlight.db'}"
+
+    @property
+    def effective_inference_threads(self) -> int:
+        """``inference_threads``, or when 0 this process's usable cores shared out among the
+        worker processes."""
+        if self.inference_threads:
+            return self.inference_threads
+        return max(1, len(os.sched_getaffinity(0)) // self.worker_concurrency)
 
     @property
     def effective_broker_url(self) -> str:

@@ -27,7 +27,7 @@ class WorkerContext:
 
 
 def build_context(settings: Settings) -> WorkerContext:
-    set_intra_op_threads(settings.inference_threads)
+    set_intra_op_threads(settings.effective_inference_threads, spinning=settings.inference_spinning)
     engine = make_engine(settings.effective_database_url)
     return WorkerContext(
         settings=settings,

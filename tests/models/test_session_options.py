@@ -1,6 +1,7 @@
 """The onnxruntime session options a worker runs with: full graph optimisation, sequential
-execution, and the intra-op thread count its settings give (real tiny ONNX model)."""
+execution, and the intra-op threads and spinning its settings give (real tiny ONNX model)."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from models.export import build_tiny_classifier
 from models.runtime import Classifier, clear_session_cache, set_intra_op_threads
+from radlight.settings import Settings
 
 
 @pytest.fixture
@@ -31,5 +33,25 @@ def test_sessions_use_the_configured_threads_and_every_optimisation(tmp_path: Pa
     assert options.intra_op_num_threads == 1
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(ValueError, match="threads must be >= 0"):
         set_intra_op_threads(-1)
+
+
+@pytest.mark.usefixtures("fresh_sessions")
+def test_spinning_is_on_only_when_asked_for(tmp_path: Path) -> None:
+    built = build_tiny_classifier(tmp_path)
+    set_intra_op_threads(2, spinning=True)
+    options = Classifier.load(
+        built.onnx_path, sha256=built.card.sha256
+    ).session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_automatic_threads_share_the_cores_among_the_worker_processes() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert Settings(inference_threads=3).effective_inference_threads == 3
+    assert Settings(worker_concurrency=1).effective_inference_threads == cores
+    assert Settings(worker_concurrency=cores).effective_inference_threads == 1
+    assert Settings(worker_concurrency=cores * 4).effective_inference_threads == 1
