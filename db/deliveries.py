@@ -1,5 +1,6 @@
 """Deliveries: one row per (result, destination), with state, attempts and the last reason."""
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import or_, select, update
@@ -38,6 +39,43 @@ def claim_delivery(*, session: Session, delivery_id: int) -> bool:
         .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1, updated_at=utcnow())
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def claim_deliveries(*, session: Session, delivery_ids: Sequence[int]) -> dict[int, int]:
+    """Claim the sendable ones of ``delivery_ids`` at once (as :func:`claim_delivery` each);
+    returns claimed id → its attempts, now counting this one. One statement for a job's lot."""
+    if not delivery_ids:
+        return {}
+    rows = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(delivery_ids), Delivery.state.in_(SENDABLE))
+        .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1, updated_at=utcnow())
+        .returning(Delivery.id, Delivery.attempts),
+        execution_options={"synchronize_session": False},
+    )
+    return {row.id: row.attempts for row in rows}
+
+
+def mark_deliveries_sent(*, session: Session, statuses: Mapping[int, int]) -> None:
+    """Mark deliveries SENT with each one's DIMSE status (as :func:`mark_delivery`), one
+    statement per distinct status."""
+    by_status: dict[int, list[int]] = {}
+    for delivery_id, status in statuses.items():
+        by_status.setdefault(status, []).append(delivery_id)
+    now = utcnow()
+    for status, ids in by_status.items():
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(
+                state=DeliveryState.SENT,
+                last_status=status,
+                reason=None,
+                updated_at=now,
+                sent_at=now,
+            ),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def mark_delivery(

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -54,6 +54,21 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_folder_durably(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each new entry fsynced into its parent: a
+    file's own fsync and its folder's do not make the folder's entry in the study or series
+    folder above durable."""
+    if folder.is_dir():
+        return
+    missing = [folder]
+    while not missing[-1].parent.exists():
+        missing.append(missing[-1].parent)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            path.mkdir()
+        _fsync_dir(path.parent)
 
 
 class InstanceStore:
@@ -130,6 +145,20 @@ class InstanceStore:
             sha256=hashlib.sha256(data).hexdigest(),
         )
 
+    def write_files(self, files: Sequence[tuple[str, Callable[[BinaryIO], object]]]) -> None:
+        """Write several files atomically and durably, each by its ``fill`` (e.g. a DICOM
+        writer writing straight into the file, with no copy in memory); existing files are
+        replaced whole. Each file is fsynced before it is renamed into place, and each folder
+        once after all its renames: a job's results share two folders, so two folder fsyncs
+        instead of one per file. Nothing is hashed (``write`` hashes; results need no digest).
+        On an error, the files already renamed stay (each whole), the rest are not written."""
+        targets = [self.absolute(relative) for relative, _ in files]
+        with _store_errors():
+            for target, (_, fill) in zip(targets, files, strict=True):
+                _replace_durably(target, fill, fsync_folder=False)
+            for folder in dict.fromkeys(target.parent for target in targets):
+                _fsync_dir(folder)
+
     def adopt(self, source: Path, relative_path: str, *, sha256: str | None = None) -> StoredFile:
         """Move a complete received file into place durably (fsync, rename, fsync folder).
 
@@ -139,7 +168,7 @@ class InstanceStore:
         target = self.absolute(relative_path)
         with _store_errors():
             size, digest = _file_facts(source, sha256)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder_durably(target.parent)
             try:
                 os.replace(source, target)
             except OSError as exc:
@@ -179,9 +208,12 @@ class InstanceStore:
             raise StoreError(f"could not read {relative_path!r}: {exc.strerror}") from exc
 
 
-def _replace_durably(target: Path, fill: Callable[[BinaryIO], object]) -> None:
-    """Fill a temp file beside ``target``, fsync it, rename it over ``target``, fsync the folder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _replace_durably(
+    target: Path, fill: Callable[[BinaryIO], object], *, fsync_folder: bool = True
+) -> None:
+    """Fill a temp file beside ``target``, fsync it, rename it over ``target``, fsync the folder
+    (unless the caller does it once for several files)."""
+    _make_folder_durably(target.parent)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -192,4 +224,5 @@ def _replace_durably(target: Path, fill: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    if fsync_folder:
+        _fsync_dir(target.parent)

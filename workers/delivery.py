@@ -10,8 +10,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from db.deliveries import claim_delivery, mark_delivery
-from db.models import Delivery, DeliveryState
+from sqlalchemy import select
+
+from db.deliveries import (
+    claim_deliveries,
+    claim_delivery,
+    mark_deliveries_sent,
+    mark_delivery,
+)
+from db.models import Delivery, DeliveryState, Destination
 from db.session import transaction
 from dicom_node.scu import Outgoing, Peer, send_file
 from radlight.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
@@ -98,16 +105,23 @@ def deliver_job_results(
     ones are already recorded (RETRYING or FAILED, with the reason). Once a destination cannot be
     reached, the rest of its deliveries are not tried again in this call: they wait for the retry.
     """
-    claimed: list[_Claimed] = []
     with transaction(ctx.sessions) as session:
-        for delivery_id, item in deliveries:
-            if not claim_delivery(session=session, delivery_id=delivery_id):
-                continue
-            delivery = session.get(Delivery, delivery_id)
-            assert delivery is not None  # claimed just now
-            destination = delivery.destination
-            peer = Peer.of(destination)
-            claimed.append(_Claimed(delivery_id, peer, delivery.attempts, item))
+        attempts = claim_deliveries(
+            session=session, delivery_ids=[delivery_id for delivery_id, _ in deliveries]
+        )
+        peers = {
+            row.id: Peer.of(row.Destination)
+            for row in session.execute(
+                select(Delivery.id, Destination)
+                .join(Destination, Delivery.destination_id == Destination.id)
+                .where(Delivery.id.in_(list(attempts)))
+            )
+        }
+    claimed = [
+        _Claimed(delivery_id, peers[delivery_id], attempts[delivery_id], item)
+        for delivery_id, item in deliveries
+        if delivery_id in attempts
+    ]
     for peer in {claim.peer for claim in claimed}:
         ctx.sender.expect(peer, [c.item for c in claimed if c.peer == peer])
     sent: list[tuple[int, int]] = []
@@ -131,12 +145,6 @@ def deliver_job_results(
             retries.append((claim.delivery_id, outcome.retry_in_s))
     if sent:
         with transaction(ctx.sessions) as session:
-            for delivery_id, status in sent:
-                mark_delivery(
-                    session=session,
-                    delivery_id=delivery_id,
-                    state=DeliveryState.SENT,
-                    status=status,
-                )
+            mark_deliveries_sent(session=session, statuses=dict(sent))
         logger.info("%d results sent over kept associations", len(sent))
     return retries

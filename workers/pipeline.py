@@ -12,10 +12,11 @@ made for a report posted through the API (``Job.report_id``) grounds that text o
 """
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from io import BytesIO
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -25,10 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from db.deliveries import ensure_deliveries, reopen_delivery
 from db.jobs import claim_job, finish_job, record_stages
 from db.models import (
-    DeliveryState,
     Destination,
     Instance,
     Job,
@@ -38,6 +37,7 @@ from db.models import (
     Route,
     SCEncoding,
 )
+from db.results import ResultRecord, record_results
 from db.session import transaction
 from dicom_node.reports import is_report, report_text
 from dicom_node.scu import Outgoing
@@ -211,10 +211,13 @@ def _read_inputs(ctx: WorkerContext, inputs: JobInputs, contract: InputContract)
     return read
 
 
-def _encode(dataset: Dataset) -> bytes:
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+def _part10_writer(dataset: Dataset) -> Callable[[BinaryIO], None]:
+    """A filler for the store that writes ``dataset`` as a Part-10 file straight into the file."""
+
+    def write(handle: BinaryIO) -> None:
+        dataset.save_as(handle, enforce_file_format=True)
+
+    return write
 
 
 def _destinations_for(item: BuiltResult, destinations: list[Destination]) -> list[Destination]:
@@ -237,39 +240,44 @@ def _store_results(
     assert job is not None
     destinations = list(job.route.destinations)
     to_send: list[tuple[int, Outgoing]] = []
-    for item in built:
-        ds = item.dataset
-        relative = ctx.store.result_path(
-            str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    relatives = [
+        ctx.store.result_path(
+            str(item.dataset.StudyInstanceUID),
+            str(item.dataset.SeriesInstanceUID),
+            str(item.dataset.SOPInstanceUID),
         )
-        ctx.store.write(relative, _encode(ds))
+        for item in built
+    ]
+    ctx.store.write_files(
+        [
+            (relative, _part10_writer(item.dataset))
+            for relative, item in zip(relatives, built, strict=True)
+        ]
+    )
+    records = [
+        ResultRecord(
+            sop_instance_uid=str(item.dataset.SOPInstanceUID),
+            sop_class_uid=str(item.dataset.SOPClassUID),
+            series_instance_uid=str(item.dataset.SeriesInstanceUID),
+            kind=item.kind,
+            sc_encoding=item.sc_encoding,
+            source_sop_instance_uid=item.source_sop_instance_uid,
+            relative_path=relative,
+            model_name=entry.card.name,
+            model_version=entry.card.version,
+            summary=item.summary,
+            destinations=_destinations_for(item, destinations),
+        )
+        for relative, item in zip(relatives, built, strict=True)
+    ]
+    delivery_ids = record_results(session=session, job_id=job.id, records=records)
+    for relative, item, ids in zip(relatives, built, delivery_ids, strict=True):
         outgoing = Outgoing(
             path=ctx.store.absolute(relative),
-            sop_class_uid=str(ds.SOPClassUID),
-            transfer_syntax=UID(str(ds.file_meta.TransferSyntaxUID)),
+            sop_class_uid=str(item.dataset.SOPClassUID),
+            transfer_syntax=UID(str(item.dataset.file_meta.TransferSyntaxUID)),
         )
-        result = session.scalars(
-            select(Result).where(Result.sop_instance_uid == str(ds.SOPInstanceUID))
-        ).one_or_none()
-        if result is None:
-            result = Result(sop_instance_uid=str(ds.SOPInstanceUID), job_id=job.id)
-            session.add(result)
-        result.kind = item.kind
-        result.sc_encoding = item.sc_encoding
-        result.sop_class_uid = str(ds.SOPClassUID)
-        result.series_instance_uid = str(ds.SeriesInstanceUID)
-        result.source_sop_instance_uid = item.source_sop_instance_uid
-        result.relative_path = relative
-        result.model_name = entry.card.name
-        result.model_version = entry.card.version
-        result.summary = item.summary
-        session.flush()
-        for delivery in ensure_deliveries(
-            session=session, result=result, destinations=_destinations_for(item, destinations)
-        ):
-            if delivery.state in (DeliveryState.SENT, DeliveryState.FAILED):
-                reopen_delivery(session=session, delivery_id=delivery.id)
-            to_send.append((delivery.id, outgoing))
+        to_send.extend((delivery_id, outgoing) for delivery_id in ids)
     return to_send
 
 

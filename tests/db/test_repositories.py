@@ -7,10 +7,29 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.config import upsert_destination, upsert_route
-from db.deliveries import claim_delivery, ensure_deliveries, stale_deliveries
+from db.deliveries import (
+    claim_deliveries,
+    claim_delivery,
+    ensure_deliveries,
+    mark_deliveries_sent,
+    stale_deliveries,
+)
 from db.ingest import ReceivedInstance, quiet_studies, record_instance
 from db.jobs import claim_job, create_job_if_new, input_hash, requeue_candidates
-from db.models import Instance, Job, JobState, Result, ResultKind, Study, StudyState, utcnow
+from db.models import (
+    Delivery,
+    DeliveryState,
+    Destination,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    ResultKind,
+    Study,
+    StudyState,
+    utcnow,
+)
+from db.results import ResultRecord, record_results
 from db.session import transaction
 
 RECEIVED = ReceivedInstance(
@@ -91,15 +110,21 @@ def test_input_hash_ignores_order_and_repeats() -> None:
     assert input_hash(["1"]) != input_hash(["1", "2"])
 
 
+def _received_job(session: Session) -> Job:
+    """The job of RECEIVED's study on a route "chest", flushed (it has its id)."""
+    outcome = record_instance(RECEIVED, session=session)
+    route = upsert_route(session=session, name="chest", model_name="m")
+    job = create_job_if_new(
+        session=session, study_id=outcome.study_id, route=route, sop_instance_uids=["1.2.3.4.5"]
+    )
+    assert job is not None
+    session.flush()
+    return job
+
+
 def test_stalled_jobs_and_deliveries_are_found(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as session:
-        outcome = record_instance(RECEIVED, session=session)
-        route = upsert_route(session=session, name="chest", model_name="m")
-        job = create_job_if_new(
-            session=session, study_id=outcome.study_id, route=route, sop_instance_uids=["1.2.3.4.5"]
-        )
-        assert job is not None
-        session.flush()
+        job = _received_job(session)
         destination = upsert_destination(
             session=session, name="pacs", host="127.0.0.1", port=104, ae_title="PACS"
         )
@@ -132,3 +157,60 @@ def test_stalled_jobs_and_deliveries_are_found(sessions: sessionmaker[Session]) 
         ]
         assert claim_delivery(session=session, delivery_id=delivery.id)
         assert not claim_delivery(session=session, delivery_id=delivery.id)
+
+
+def _record(uid: str, destinations: list[Destination]) -> ResultRecord:
+    return ResultRecord(
+        sop_instance_uid=uid,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",
+        series_instance_uid="2.25.2",
+        kind=ResultKind.FINDINGS_SR,
+        sc_encoding=None,
+        source_sop_instance_uid=None,
+        relative_path=f"results/{uid}.dcm",
+        model_name="m",
+        model_version="1",
+        summary={"n": 1},
+        destinations=destinations,
+    )
+
+
+def test_results_and_their_deliveries_are_recorded_claimed_and_sent_in_bulk(
+    sessions: sessionmaker[Session],
+) -> None:
+    with transaction(sessions) as session:
+        job = _received_job(session)
+        pacs = upsert_destination(session=session, name="pacs", host="h", port=104, ae_title="P")
+        off = upsert_destination(
+            session=session, name="off", host="h", port=105, ae_title="O", enabled=False
+        )
+        ids = record_results(
+            session=session,
+            job_id=job.id,
+            records=[_record("2.25.10", [pacs, off]), _record("2.25.11", [pacs])],
+        )
+    assert [len(each) for each in ids] == [1, 1]  # no delivery to a disabled destination
+    first, second = ids[0][0], ids[1][0]
+    with transaction(sessions) as session:
+        assert claim_deliveries(session=session, delivery_ids=[first, second]) == {
+            first: 1,
+            second: 1,
+        }
+        assert claim_deliveries(session=session, delivery_ids=[first]) == {}  # already sending
+        mark_deliveries_sent(session=session, statuses={first: 0x0000, second: 0xB000})
+    with transaction(sessions) as session:
+        sent = {d.id: d for d in session.scalars(select(Delivery))}
+        assert {d.state for d in sent.values()} == {DeliveryState.SENT}
+        assert (sent[first].last_status, sent[second].last_status) == (0x0000, 0xB000)
+        assert all(d.sent_at is not None for d in sent.values())
+        # A re-run records the same results again: same rows, sent deliveries back in line.
+        again = record_results(
+            session=session,
+            job_id=job.id,
+            records=[_record("2.25.10", [pacs]), _record("2.25.11", [pacs])],
+        )
+    assert again == ids
+    with transaction(sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Result)) == 2
+        reopened = session.scalars(select(Delivery)).all()
+        assert {(d.state, d.attempts) for d in reopened} == {(DeliveryState.PENDING, 0)}

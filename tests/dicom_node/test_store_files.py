@@ -1,0 +1,45 @@
+"""Writing several files at once into the store: each whole and in place, or not there at all."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from dicom_node.store import InstanceStore
+from radlight.errors import StoreError
+
+
+def _bytes(data: bytes) -> Callable[[BinaryIO], None]:
+    def fill(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    return fill
+
+
+def test_files_land_whole_in_new_folders_and_replace_older_ones(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store")
+    sc = store.result_path("2.25.1", "2.25.2", "2.25.3")
+    sr = store.result_path("2.25.1", "2.25.4", "2.25.5")
+    store.write_files([(sc, _bytes(b"old")), (sr, _bytes(b"report"))])
+    store.write_files([(sc, _bytes(b"new image"))])
+    assert store.read(sc) == b"new image"
+    assert store.read(sr) == b"report"
+    leftovers = [p for p in (tmp_path / "store").rglob("*") if p.name.startswith(".incoming-")]
+    assert leftovers == []
+
+
+def test_a_failing_writer_leaves_no_partial_file(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store")
+    first = store.result_path("2.25.1", "2.25.2", "2.25.3")
+    second = store.result_path("2.25.1", "2.25.2", "2.25.6")
+
+    def broken(handle: BinaryIO) -> None:
+        handle.write(b"half")
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(StoreError, match="could not write to the store"):
+        store.write_files([(first, _bytes(b"whole")), (second, broken)])
+    assert store.read(first) == b"whole"
+    assert not store.absolute(second).exists()
+    assert [p.name for p in store.absolute(second).parent.iterdir()] == ["2.25.3.dcm"]
