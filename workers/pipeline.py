@@ -60,6 +60,7 @@ from workers.delivery import deliver_job_results
 from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 from workers.lease import held_lease, worker_name
+from workers.results.encoding import encode
 
 logger = logging.getLogger(__name__)
 
@@ -211,12 +212,6 @@ def _read_inputs(ctx: WorkerContext, inputs: JobInputs, contract: InputContract)
     return read
 
 
-def _encode(dataset: Dataset) -> bytes:
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def _destinations_for(item: BuiltResult, destinations: list[Destination]) -> list[Destination]:
     """A Secondary Capture goes only where its encoding is wanted; everything else goes everywhere."""
     if item.sc_encoding is None:
@@ -242,7 +237,7 @@ def _store_results(
         relative = ctx.store.result_path(
             str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
         )
-        ctx.store.write(relative, _encode(ds))
+        ctx.store.write(relative, encode(ds))  # pydicom's bytes, the SR's several times faster
         outgoing = Outgoing(
             path=ctx.store.absolute(relative),
             sop_class_uid=str(ds.SOPClassUID),
