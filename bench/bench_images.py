@@ -100,6 +100,19 @@ def corners(region: HeatmapRegion | None) -> tuple[float, ...] | None:
     return (region.x0, region.y0, region.x1, region.y1, region.peak_x, region.peak_y)
 
 
+def build_untrained_densenet(scratch: Path) -> Path:
+    """The untrained DenseNet-121 built under ``scratch``; returns its models folder."""
+    env = dict(os.environ, RADLIGHT_DATA_DIR=str(scratch / "data"))
+    subprocess.run(
+        [sys.executable, "-m", "radlight", "models", "build", "densenet121-untrained"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return scratch / "data" / "models"
+
+
 BASELINE_COMMIT = "b8d506f"  # main before the CAM and SC work of issue 8
 
 
@@ -119,15 +132,7 @@ def main() -> None:
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(args.baseline)], input=archive, check=True)
     if args.models is None:
-        env = dict(os.environ, RADLIGHT_DATA_DIR=str(scratch / "data"))
-        subprocess.run(
-            [sys.executable, "-m", "radlight", "models", "build", "densenet121-untrained"],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        args.models = scratch / "data" / "models"
+        args.models = build_untrained_densenet(scratch)
 
     old_cam = load_baseline(args.baseline, "baseline_cam", "models/cam.py", {})
     old_regions = load_baseline(args.baseline, "baseline_regions", "workers/results/regions.py", {})

@@ -60,6 +60,7 @@ from workers.delivery import deliver_job_results
 from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 from workers.lease import held_lease, worker_name
+from workers.results.encoding import write_part10
 
 logger = logging.getLogger(__name__)
 
@@ -212,10 +213,11 @@ def _read_inputs(ctx: WorkerContext, inputs: JobInputs, contract: InputContract)
 
 
 def _part10_writer(dataset: Dataset) -> Callable[[BinaryIO], None]:
-    """A filler for the store that writes ``dataset`` as a Part-10 file straight into the file."""
+    """A filler for the store that writes ``dataset`` as a Part-10 file straight into the file,
+    with pydicom's bytes (its sequences encoded by :mod:`workers.results.encoding`)."""
 
     def write(handle: BinaryIO) -> None:
-        dataset.save_as(handle, enforce_file_format=True)
+        write_part10(dataset, handle)
 
     return write
 

@@ -137,15 +137,10 @@ def test_findings_report_is_the_dataset_highdicoms_constructor_makes(
     assert len(referenced) == 2 + len(evidence)
 
 
-@pytest.mark.parametrize("implicit_vr", [True, False], ids=["implicit", "explicit"])
-def test_sequences_copied_from_a_source_as_read_are_written_as_before(
-    sources: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch, implicit_vr: bool
-) -> None:
-    """Sequences the document copies from the source's patient and study modules hold items read
-    from a file, their elements not yet decoded: written as highdicom's way writes them."""
-    header = header_copy(
-        sources[0], SOPInstanceUID=deterministic_uid("test-sr-document", "implicit")
-    )
+def source_as_read(source: pydicom.Dataset, implicit_vr: bool) -> pydicom.Dataset:
+    """``source``'s header with patient and study sequences, written and read back: the items
+    of the sequences are read from a file, their elements not yet decoded (raw)."""
+    header = header_copy(source, SOPInstanceUID=deterministic_uid("test-sr-document", "implicit"))
     procedure = pydicom.Dataset()
     procedure.CodeValue, procedure.CodingSchemeDesignator = "RPID1", "99HOSPITAL"
     procedure.CodeMeaning = "XR chest PA"
@@ -163,8 +158,18 @@ def test_sequences_copied_from_a_source_as_read_are_written_as_before(
     )
     buffer = io.BytesIO()
     header.save_as(buffer, implicit_vr=implicit_vr, little_endian=True)
-    source = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
-    assert source.original_encoding == (implicit_vr, True)
+    read = pydicom.dcmread(io.BytesIO(buffer.getvalue()), force=True)
+    assert read.original_encoding == (implicit_vr, True)
+    return read
+
+
+@pytest.mark.parametrize("implicit_vr", [True, False], ids=["implicit", "explicit"])
+def test_sequences_copied_from_a_source_as_read_are_written_as_before(
+    sources: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch, implicit_vr: bool
+) -> None:
+    """Sequences the document copies from the source's patient and study modules hold items read
+    from a file, their elements not yet decoded: written as highdicom's way writes them."""
+    source = source_as_read(sources[0], implicit_vr)
 
     def build() -> hd.sr.ComprehensiveSR:
         return sr.build_findings_report(
@@ -216,11 +221,9 @@ def test_not_analysed_report_is_the_dataset_highdicoms_constructor_makes(
     assert_same_document(built, build())
 
 
-def test_grounded_report_is_the_dataset_highdicoms_constructor_makes(
-    sources: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every sentence of a report, its groundable phrases with an outline on the source."""
-    source = sources[0]
+def grounded_sentences() -> list[grounded_sr.ReportSentence]:
+    """The sentences of a report: its groundable phrases with an outline, the others with a
+    reason."""
     heatmap = np.ones((8, 8), dtype=np.float32)
     phrases = [
         GroundedPhrase(
@@ -238,6 +241,15 @@ def test_grounded_report_is_the_dataset_highdicoms_constructor_makes(
     sentences = grounded_sr.report_sentences(REPORT, split_sentences(REPORT), phrases)
     assert any(s.regions for s in sentences)
     assert any(not s.regions for s in sentences)
+    return sentences
+
+
+def test_grounded_report_is_the_dataset_highdicoms_constructor_makes(
+    sources: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every sentence of a report, its groundable phrases with an outline on the source."""
+    source = sources[0]
+    sentences = grounded_sentences()
     report = report_sr(source)
 
     def build() -> hd.sr.ComprehensiveSR:
