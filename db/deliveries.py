@@ -33,12 +33,8 @@ def ensure_deliveries(
 
 
 def claim_delivery(*, session: Session, delivery_id: int) -> bool:
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.state.in_(SENDABLE))
-        .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1, updated_at=utcnow())
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    """Claim one delivery for sending, if it is waiting to be sent (conditional update)."""
+    return bool(claim_deliveries(session=session, delivery_ids=[delivery_id]))
 
 
 def claim_deliveries(*, session: Session, delivery_ids: Sequence[int]) -> dict[int, int]:
@@ -50,10 +46,19 @@ def claim_deliveries(*, session: Session, delivery_ids: Sequence[int]) -> dict[i
         update(Delivery)
         .where(Delivery.id.in_(delivery_ids), Delivery.state.in_(SENDABLE))
         .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1, updated_at=utcnow())
-        .returning(Delivery.id, Delivery.attempts),
-        execution_options={"synchronize_session": False},
+        .returning(Delivery.id, Delivery.attempts)
     )
     return {row.id: row.attempts for row in rows}
+
+
+def destinations_of(*, session: Session, delivery_ids: Sequence[int]) -> dict[int, Destination]:
+    """Each delivery's destination, in one query."""
+    rows = session.execute(
+        select(Delivery.id, Destination)
+        .join(Destination, Delivery.destination_id == Destination.id)
+        .where(Delivery.id.in_(delivery_ids))
+    )
+    return {row.id: row.Destination for row in rows}
 
 
 def mark_deliveries_sent(*, session: Session, statuses: Mapping[int, int]) -> None:

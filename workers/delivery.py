@@ -10,15 +10,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from db.deliveries import (
     claim_deliveries,
     claim_delivery,
+    destinations_of,
     mark_deliveries_sent,
     mark_delivery,
 )
-from db.models import Delivery, DeliveryState, Destination
+from db.models import Delivery, DeliveryState
 from db.session import transaction
 from dicom_node.scu import Outgoing, Peer, send_file
 from radlight.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
@@ -110,12 +109,10 @@ def deliver_job_results(
             session=session, delivery_ids=[delivery_id for delivery_id, _ in deliveries]
         )
         peers = {
-            row.id: Peer.of(row.Destination)
-            for row in session.execute(
-                select(Delivery.id, Destination)
-                .join(Destination, Delivery.destination_id == Destination.id)
-                .where(Delivery.id.in_(list(attempts)))
-            )
+            delivery_id: Peer.of(destination)
+            for delivery_id, destination in destinations_of(
+                session=session, delivery_ids=list(attempts)
+            ).items()
         }
     claimed = [
         _Claimed(delivery_id, peers[delivery_id], attempts[delivery_id], item)
