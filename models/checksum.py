@@ -28,20 +28,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _identity(path: Path) -> tuple[str, int, int, int, int]:
+def file_identity(path: Path) -> tuple[str, int, int, int, int]:
+    """(path, device, inode, size, mtime_ns): changes whenever the file is replaced or rewritten."""
     stat = os.stat(path)
     return (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def cached_sha256_file(path: Path) -> str:
     """:func:`sha256_file`, remembered while the file's identity (inode, size, mtime) holds."""
-    key = _identity(path)
+    key = file_identity(path)
     with _lock:
         known = _cache.get(key)
     if known is not None:
         return known
     digest = sha256_file(path)
-    if _identity(path) != key:  # changed while we read it: do not remember a torn hash
+    if file_identity(path) != key:  # changed while we read it: do not remember a torn hash
         return digest
     with _lock:
         if len(_cache) >= _MAX_ENTRIES:

@@ -11,11 +11,12 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.card import CARD_FILE_NAME, HeatmapOutputNames, ModelCard, validate_identifier
-from models.checksum import cached_sha256_file, sha256_bytes, sha256_file
+from models.checksum import cached_sha256_file, file_identity, sha256_bytes, sha256_file
 from models.contract import parse_model, read_contract, read_heatmap_contract
 from models.preprocess import INPUT_LAYOUTS
 from radlight.errors import ModelError, ModelIntegrityError
@@ -23,6 +24,26 @@ from radlight.errors import ModelError, ModelIntegrityError
 logger = logging.getLogger(__name__)
 
 _RELEASE = re.compile(r"^(\d+(?:\.\d+)*)(.*)$")
+_MAX_CARDS = 64
+_cards: dict[tuple[str, int, int, int, int], ModelCard] = {}
+_cards_lock = threading.Lock()
+
+
+def _load_card(path: Path) -> ModelCard:
+    """The card at ``path``, parsed once per file identity: a worker reads it for every job, and
+    parsing and validating the YAML cost more than the rest of choosing the model. Cards are
+    replaced by rename (:meth:`ModelCard.save`), which changes the identity."""
+    key = file_identity(path)
+    with _cards_lock:
+        known = _cards.get(key)
+    if known is not None:
+        return known
+    card = ModelCard.load(path)
+    with _cards_lock:
+        if len(_cards) >= _MAX_CARDS:
+            _cards.clear()
+        _cards[key] = card
+    return card
 
 
 @dataclass(frozen=True)
@@ -158,7 +179,10 @@ class ModelRegistry:
         card_path = directory / CARD_FILE_NAME
         if not card_path.is_file():
             raise ModelError(f"model {name} {version} is not installed")
-        card = ModelCard.load(card_path)
+        try:
+            card = _load_card(card_path)
+        except OSError as exc:
+            raise ModelError(f"{card_path}: cannot read model card: {exc}") from exc
         if (card.name, card.version) != (name, version):
             raise ModelError(
                 f"{card_path} describes {card.name} {card.version}, not {name} {version}"

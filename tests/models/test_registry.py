@@ -168,3 +168,25 @@ def test_sha256_is_cached_per_file_identity(
     os.utime(entry.onnx_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # hash again
     registry.get(entry.name)
     assert len(calls) == 2
+
+
+def test_card_is_parsed_once_per_file_identity(
+    registry: ModelRegistry, tiny_model: BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = registry.install(tiny_model.onnx_path, tiny_model.card)
+    loads: list[Path] = []
+    real = ModelCard.load
+
+    def counting(path: Path) -> ModelCard:
+        loads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(ModelCard, "load", counting)
+    first = registry.get(entry.name)
+    assert registry.get(entry.name) == first
+    cached = len(loads)
+    assert cached <= 1  # parsed at most once (not at all if an earlier test cached it)
+    changed = entry.card.model_copy(update={"intended_use": "edited in place"})
+    changed.save(entry.card_path)  # replaced by rename: a new identity
+    assert registry.get(entry.name).card.intended_use == "edited in place"
+    assert len(loads) == cached + 1
