@@ -13,7 +13,9 @@ Configurations (each a before → after of the optimisations in docs/PERFORMANCE
   poll; every delivery a task of its own. The configured quiet period is SUBTRACTED from each
   latency (the goal excludes it).
 - ``expected``: the route expects 1 instance, so the study is complete when it arrived; the
-  assembler polls every 20 ms; deliveries still one task each.
+  assembler finds it as the tree under test does by default (since the wake-ups of
+  dicom_node/wakeup.py: woken by the C-STORE handler; before them: a query every 20 ms);
+  deliveries still one task each.
 - ``inline`` (the default configuration): as ``expected``, and the job's worker sends its results
   itself over a kept-open association (TCP_NODELAY), all in one association.
 
@@ -53,7 +55,6 @@ CONFIGS: dict[str, tuple[int | None, dict[str, str]]] = {
         1,
         {
             "RADLIGHT_ASSEMBLER_INTERVAL_S": "1.0",
-            "RADLIGHT_ASSEMBLER_POLL_S": "0.02",
             "RADLIGHT_DELIVERY_INLINE": "false",
         },
     ),
@@ -61,7 +62,6 @@ CONFIGS: dict[str, tuple[int | None, dict[str, str]]] = {
         1,
         {
             "RADLIGHT_ASSEMBLER_INTERVAL_S": "1.0",
-            "RADLIGHT_ASSEMBLER_POLL_S": "0.02",
             "RADLIGHT_DELIVERY_INLINE": "true",
         },
     ),

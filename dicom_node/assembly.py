@@ -5,7 +5,9 @@ source of truth: a job is committed before its id is queued, and jobs that were 
 queued (broker down) or that stalled (worker died) are queued again on a later tick.
 """
 
+import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from db.models import Instance, Job, JobState, Route, Study, StudyState, utcnow
 from db.readiness import ready_studies, work_waiting
 from db.session import transaction
 from dicom_node.routing import InstanceFacts, StudyFacts, select_inputs
+from dicom_node.wakeup import WakeupReceiver, WakeupSender
 from radlight.logs import log_context
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,11 @@ class Assembler:
         # What the last full pass read from the routes, for the cheap check between passes.
         self._shortest_quiet = self._quiet
         self._min_expected: int | None = None
+
+    @property
+    def shortest_quiet_s(self) -> float:
+        """The shortest quiet period of the node and its routes, as the last pass read them."""
+        return self._shortest_quiet.total_seconds()
 
     def quiet_for(self, route: Route) -> timedelta:
         """How long a study must be silent before ``route`` takes it: its own, else the node's."""
@@ -230,22 +238,95 @@ class Assembler:
 
 class AssemblerThread(threading.Thread):
     """Calls :meth:`Assembler.tick` every ``interval`` seconds until stopped, and sooner when the
-    cheap check, made every ``poll`` seconds, finds a study ready or a job to queue."""
+    cheap check finds a study ready or a job to queue.
 
-    def __init__(self, assembler: Assembler, interval: float, poll: float | None = None) -> None:
+    With ``wakeups`` (the node's C-STORE handlers wake it after each recorded instance) the
+    check runs at once on a wake-up, for a route's expected instances, and again when the study
+    that woke it can have been quiet for the shortest quiet period; ``poll`` is then only a
+    safety net. Without them the check runs every ``poll`` seconds.
+    """
+
+    def __init__(
+        self,
+        assembler: Assembler,
+        interval: float,
+        poll: float | None = None,
+        wakeups: WakeupReceiver | None = None,
+    ) -> None:
         super().__init__(name="radlight-assembler", daemon=True)
         self._assembler = assembler
         self._interval = interval
         self._poll = min(poll, interval) if poll is not None else interval
+        self._wakeups = wakeups
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         self._assembler.tick()  # at once: it also reads the routes the cheap check needs
-        last = time.monotonic()
-        while not self._stop_event.wait(self._poll):
-            if time.monotonic() - last >= self._interval or self._assembler.work_waiting():
+        last_tick = time.monotonic()
+        quiet_checks = _QuietChecks(spacing=_QUIET_CHECK_SPACING_S)
+        while not self._stop_event.is_set():
+            now = time.monotonic()
+            wake_at = min(last_tick + self._interval, now + self._poll, quiet_checks.next_due())
+            woken = self._wait(wake_at - now)
+            if self._stop_event.is_set():
+                break
+            now = time.monotonic()
+            if woken:
+                quiet_checks.add(now + self._assembler.shortest_quiet_s + _QUIET_MARGIN_S)
+            due = quiet_checks.pop_due(now)
+            if now - last_tick >= self._interval or (
+                (woken or due or now >= wake_at) and self._assembler.work_waiting()
+            ):
                 self._assembler.tick()
-                last = time.monotonic()
+                last_tick = time.monotonic()
+        if self._wakeups is not None:
+            self._wakeups.close()
+
+    def _wait(self, timeout: float) -> int:
+        if self._wakeups is None:
+            self._stop_event.wait(max(0.0, timeout))
+            return 0
+        return self._wakeups.wait(timeout)
 
     def stop(self) -> None:
         self._stop_event.set()
+        if self._wakeups is not None:  # end its wait now
+            sender = WakeupSender(self._wakeups.address)
+            sender()
+            sender.close()
+
+
+# A study's readiness by quiet period is checked this long after it can first be true (the
+# database's timestamps and this clock are read a little apart).
+_QUIET_MARGIN_S = 0.01
+# Wake-ups closer together than this share one quiet check (and the last one keeps its own).
+_QUIET_CHECK_SPACING_S = 0.05
+
+
+class _QuietChecks:
+    """The times at which a study that woke the assembler can have become quiet: at most one per
+    ``spacing`` seconds, plus always the latest, so no study waits more than ``spacing`` past
+    its quiet period (or, should its wake-up be lost, past the next tick)."""
+
+    def __init__(self, spacing: float) -> None:
+        self._spacing = spacing
+        self._times: collections.deque[float] = collections.deque()
+        self._latest: float | None = None
+
+    def add(self, when: float) -> None:
+        self._latest = when
+        if not self._times or when - self._times[-1] >= self._spacing:
+            self._times.append(when)
+
+    def next_due(self) -> float:
+        return self._times[0] if self._times else math.inf
+
+    def pop_due(self, now: float) -> bool:
+        """Whether a check was due by ``now`` (the due ones are consumed)."""
+        due = False
+        while self._times and self._times[0] <= now:
+            self._times.popleft()
+            due = True
+        if not self._times and self._latest is not None and self._latest > now:
+            self._times.append(self._latest)  # the latest study's own check, if it was folded
+        return due

@@ -29,6 +29,7 @@ from dicom_node.incoming import receive_into
 from dicom_node.scp import StoreContext, handlers, make_ae
 from dicom_node.store import InstanceStore
 from dicom_node.tls import server_context
+from dicom_node.wakeup import WakeupReceiver, WakeupSender, wakeup_address
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
 
@@ -119,9 +120,18 @@ class DicomNode:
         *,
         run_assembler: bool = True,
         extra_listeners: int = 0,
+        wake_node_pid: int | None = None,
     ) -> None:
+        """``wake_node_pid``: in an extra listener process, the node whose assembler its C-STORE
+        handler wakes (by default the node itself, when it runs the assembler)."""
         self.settings = settings
         self.run_assembler = run_assembler
+        if wake_node_pid is None and run_assembler:
+            wake_node_pid = os.getpid()
+        self._wake_address = (
+            None if wake_node_pid is None else wakeup_address(settings.dicom_port, wake_node_pid)
+        )
+        self._wake_sender: WakeupSender | None = None
         self.listeners = ListenerProcesses(extra_listeners)
         self.engine = engine or make_engine(settings.effective_database_url)
         require_current_schema(self.engine)
@@ -139,11 +149,18 @@ class DicomNode:
         self.store.incoming_dir.mkdir(exist_ok=True)
         self.store.discard_stale_incoming(STALE_INCOMING_S)
         receive_into(self.store.incoming_dir)
+        wakeups = None
+        if self.run_assembler and self._wake_address is not None:
+            # Bound before the server starts, so the first instance's wake-up finds it.
+            wakeups = WakeupReceiver.open(self._wake_address)
+        if self._wake_address is not None:
+            self._wake_sender = WakeupSender(self._wake_address)
         ctx = StoreContext(
             store=self.store,
             sessions=self.sessions,
             max_instance_bytes=self.settings.max_instance_bytes,
             min_free_bytes=self.settings.store_min_free_bytes,
+            on_recorded=self._wake_sender,
         )
         self._server = self._ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port),
@@ -154,7 +171,10 @@ class DicomNode:
         self.listeners.start()
         if self.run_assembler:
             self._thread = AssemblerThread(
-                self.assembler, self.settings.assembler_interval_s, self.settings.assembler_poll_s
+                self.assembler,
+                self.settings.assembler_interval_s,
+                self.settings.assembler_poll_s,
+                wakeups=wakeups,
             )
             self._thread.start()
         logger.info(
@@ -176,6 +196,8 @@ class DicomNode:
             self._thread.join(timeout=10)
         if self._server is not None:
             self._server.shutdown()
+        if self._wake_sender is not None:
+            self._wake_sender.close()
         self.producer.close()
         self.engine.dispose()
         self._stopped.set()

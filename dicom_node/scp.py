@@ -12,6 +12,7 @@ under the AE are in ``transport``.
 
 import errno
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -82,6 +83,8 @@ class StoreContext:
     sessions: sessionmaker[Session]
     max_instance_bytes: int
     min_free_bytes: int = 0
+    # Called after each instance is recorded (wakes the node's assembler; never raises).
+    on_recorded: Callable[[], None] | None = None
 
 
 def handle_echo(event: Event) -> int:
@@ -193,6 +196,8 @@ def handle_store(event: Event, ctx: StoreContext) -> int:
                 sha256=None if incoming is None else incoming.digest.hexdigest(),
             )
             _record(ctx, _received(header, stored, calling_ae, called_ae))
+            if ctx.on_recorded is not None:
+                ctx.on_recorded()
         except InvalidInstanceError as exc:
             return refuse(_status_for(exc), str(exc), received)
         except StoreFullError as exc:

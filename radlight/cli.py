@@ -45,6 +45,7 @@ def cmd_dicom_node(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         run_assembler=not (args.no_assembler or args.extra_listener),
         extra_listeners=0 if args.extra_listener else settings.dicom_listeners - 1,
+        wake_node_pid=args.extra_listener or None,
     )
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -70,10 +70,12 @@ class Settings(BaseSettings):
         "dispatcher re-queues a job whose lease ran out (the worker died).",
     )
     assembler_poll_s: float = Field(
-        default=0.02,
+        default=0.5,
         gt=0,
         description="Between assembler ticks, how often one cheap query looks for a study that "
-        "became ready (its route's expected instances arrived) or a job to queue.",
+        "became ready or a job to queue. The node's C-STORE handlers wake the assembler after "
+        "each instance (dicom_node/wakeup.py), so this is a safety net; where wake-ups cannot be "
+        "set up it is the only way, and a short value (0.02) makes single-image studies prompt.",
     )
 
     api_host: str = "127.0.0.1"

@@ -8,7 +8,10 @@ import pytest
 
 from db.migrate import upgrade
 from dicom_node.node import DicomNode
+from radlight.contracts import QUEUE_INFERENCE
+from radlight.queue import TaskProducer
 from radlight.settings import Settings
+from tests.brokers import folder_messages
 from tests.peers import echo_ok, free_port, require_tools, wait_for
 from tests.tls_certs import Pki
 
@@ -24,6 +27,26 @@ def node_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def queue_settings(tmp_path: Path) -> Settings:
+    """Settings whose queue is kombu's filesystem transport in tmp_path (no broker)."""
+    return Settings(data_dir=tmp_path / "data", broker_url=None)
+
+
+@pytest.fixture
+def folder_producer(queue_settings: Settings) -> Iterator[TaskProducer]:
+    queue = TaskProducer(queue_settings)
+    try:
+        yield queue
+    finally:
+        queue.close()
+
+
+def queued(settings: Settings) -> list[int]:
+    """The job ids on the folder queue of ``settings``."""
+    return sorted(m.kwargs["job_id"] for m in folder_messages(settings.queue_dir, QUEUE_INFERENCE))
 
 
 @pytest.fixture

@@ -4,48 +4,26 @@ instead of its next full tick. Real database (SQLite and PostgreSQL), real queue
 filesystem transport in tmp_path).
 """
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import JobState, StudyState
 from dicom_node.assembly import Assembler, AssemblerThread
-from radlight.contracts import QUEUE_INFERENCE
 from radlight.queue import TaskProducer
 from radlight.settings import Settings
-from tests.brokers import folder_messages
+from tests.dicom_node.conftest import queued
 from tests.dicom_node.test_assembly import add_route, jobs, receive, study
 from tests.peers import wait_for
 
 QUIET_S = 3600.0  # never reached in these tests: only the expected count can complete a study
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", broker_url=None)
-
-
-@pytest.fixture
-def producer(settings: Settings) -> Iterator[TaskProducer]:
-    queue = TaskProducer(settings)
-    try:
-        yield queue
-    finally:
-        queue.close()
-
-
-def queued(settings: Settings) -> list[int]:
-    return sorted(m.kwargs["job_id"] for m in folder_messages(settings.queue_dir, QUEUE_INFERENCE))
-
-
 def test_study_is_routed_when_the_expected_instances_arrived(
-    sessions: sessionmaker[Session], producer: TaskProducer, settings: Settings
+    sessions: sessionmaker[Session], folder_producer: TaskProducer, queue_settings: Settings
 ) -> None:
     add_route(sessions, "two-views", modalities=["DX"], expected_instances=2)
-    node = Assembler(sessions, producer, quiet_seconds=QUIET_S, requeue_after_s=300.0)
+    node = Assembler(sessions, folder_producer, quiet_seconds=QUIET_S, requeue_after_s=300.0)
     study_uid = generate_uid()
     first = receive(sessions, study_uid)
     assert node.assemble() == []
@@ -69,15 +47,15 @@ def test_study_is_routed_when_the_expected_instances_arrived(
     assert study(sessions, study_uid).state is StudyState.COMPLETE
     assert node.work_waiting() is True  # the job is committed, not yet queued
     assert node.dispatch() == 1
-    assert queued(settings) == [job.id]
+    assert queued(queue_settings) == [job.id]
     assert node.work_waiting() is False
 
 
 def test_assembler_thread_queues_a_single_image_study_within_its_poll(
-    sessions: sessionmaker[Session], producer: TaskProducer, settings: Settings
+    sessions: sessionmaker[Session], folder_producer: TaskProducer, queue_settings: Settings
 ) -> None:
     add_route(sessions, "single", modalities=["DX"], expected_instances=1)
-    node = Assembler(sessions, producer, quiet_seconds=QUIET_S, requeue_after_s=300.0)
+    node = Assembler(sessions, folder_producer, quiet_seconds=QUIET_S, requeue_after_s=300.0)
     # The full tick (which runs at start, reading the routes) is made rare: after it, only the
     # cheap poll can find the study.
     thread = AssemblerThread(node, interval=QUIET_S, poll=0.02)
@@ -96,7 +74,7 @@ def test_assembler_thread_queues_a_single_image_study_within_its_poll(
         thread.join(timeout=10)
     (job,) = jobs(sessions)
     assert job.input_sop_instance_uids == [uid]
-    assert queued(settings) == [job.id]
+    assert queued(queue_settings) == [job.id]
 
 
 def test_a_route_expects_at_least_one_instance(sessions: sessionmaker[Session]) -> None:
