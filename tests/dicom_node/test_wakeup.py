@@ -5,7 +5,9 @@ and poll set far beyond the tests' waits, so only a wake-up can explain the job.
 receiving from dcmtk's storescu.
 """
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -69,16 +71,26 @@ def test_a_second_receiver_on_one_address_falls_back_to_polling(
         first.close()
 
 
-def _running(
+@contextlib.contextmanager
+def woken_assembler(
     sessions: sessionmaker[Session], producer: TaskProducer, tmp_path: Path, quiet_s: float
-) -> tuple[AssemblerThread, WakeupSender]:
+) -> Iterator[WakeupSender]:
+    """An assembler thread that only wake-ups can move, and the sender that wakes it; on leaving,
+    the thread must have stopped at once (stop() ends its wait)."""
     assembler = Assembler(sessions, producer, quiet_seconds=quiet_s, requeue_after_s=300.0)
     receiver = WakeupReceiver(address(tmp_path))
     thread = AssemblerThread(assembler, interval=NEVER_S, poll=NEVER_S, wakeups=receiver)
     thread.start()
-    # The first tick runs at start and reads the routes; after it only a wake-up can act.
-    wait_for(lambda: assembler.work_waiting() is False, timeout=10, what="the first tick")
-    return thread, WakeupSender(receiver.address)
+    wake = WakeupSender(receiver.address)
+    try:
+        # The first tick runs at start and reads the routes; after it only a wake-up can act.
+        wait_for(lambda: assembler.work_waiting() is False, timeout=10, what="the first tick")
+        yield wake
+    finally:
+        thread.stop()
+        thread.join(timeout=10)
+        wake.close()
+    assert not thread.is_alive()
 
 
 def test_a_wakeup_queues_a_single_image_study_at_once(
@@ -88,16 +100,10 @@ def test_a_wakeup_queues_a_single_image_study_at_once(
     tmp_path: Path,
 ) -> None:
     add_route(sessions, "single", modalities=["DX"], expected_instances=1)
-    thread, wake = _running(sessions, folder_producer, tmp_path, quiet_s=NEVER_S)
-    try:
+    with woken_assembler(sessions, folder_producer, tmp_path, quiet_s=NEVER_S) as wake:
         uid = receive(sessions, generate_uid())
         wake()
         wait_for(lambda: job_queued(sessions), timeout=20, interval=0.02, what="the job")
-    finally:
-        thread.stop()
-        thread.join(timeout=10)
-        wake.close()
-    assert not thread.is_alive()  # stop() ended its wait at once
     (job,) = jobs(sessions)
     assert job.input_sop_instance_uids == [uid]
     assert queued(queue_settings) == [job.id]
@@ -109,18 +115,13 @@ def test_a_wakeup_queues_a_quiet_study_when_its_quiet_period_is_over(
     tmp_path: Path,
 ) -> None:
     add_route(sessions, "quiet", modalities=["DX"])  # no expected count: the quiet period decides
-    thread, wake = _running(sessions, folder_producer, tmp_path, quiet_s=0.5)
-    try:
+    with woken_assembler(sessions, folder_producer, tmp_path, quiet_s=0.5) as wake:
         study_uid = generate_uid()
         first = receive(sessions, study_uid)
         wake()
         second = receive(sessions, study_uid)  # the study is still arriving: one job for both
         wake()
         wait_for(lambda: job_queued(sessions), timeout=20, interval=0.02, what="the job")
-    finally:
-        thread.stop()
-        thread.join(timeout=10)
-        wake.close()
     (job,) = jobs(sessions)
     assert job.input_sop_instance_uids == sorted([first, second])
 
