@@ -45,15 +45,17 @@ viewers support Comprehensive SR far more widely.
 import datetime
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import highdicom as hd
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DS
 
 import radlight
 from models.labels import LOCAL, FindingCode
@@ -70,6 +72,7 @@ from workers.results.common import (
     stamp,
     tolerate_single_component_names,
 )
+from workers.results.dataset_copy import copy_tree
 from workers.results.regions import FindingResult, HeatmapRegion, ImageFindings
 
 REPORT_SERIES_DESCRIPTION = "RadLight AI findings - not for primary diagnosis"
@@ -244,28 +247,30 @@ def _render_separately(group: _Group) -> _Group:
 
 
 def _presence(
-    finding: FindingResult, algorithm_id: hd.sr.AlgorithmIdentification
+    code: FindingCode,
+    present: bool,
+    threshold: float,
+    algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.QualitativeEvaluation:
     """The finding's code = Present or Absent, with the threshold and the algorithm below it."""
     evaluation = hd.sr.QualitativeEvaluation(
-        name=_concept(finding.score.code),
-        value=_concept(PRESENT if finding.present else ABSENT),
+        name=_concept(code), value=_concept(PRESENT if present else ABSENT)
     )
-    threshold = hd.sr.NumContentItem(
+    threshold_item = hd.sr.NumContentItem(
         name=_concept(THRESHOLD_VALUE),
-        value=float(finding.threshold),
+        value=float(threshold),
         unit=_concept(PROBABILITY_UNIT),
         relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
     )
-    return _with_children(evaluation, [threshold, *algorithm_id])
+    return _with_children(evaluation, [threshold_item, *algorithm_id])
 
 
 def _score(
-    finding: FindingResult, algorithm_id: hd.sr.AlgorithmIdentification
+    code: FindingCode, probability: float, algorithm_id: hd.sr.AlgorithmIdentification
 ) -> hd.sr.Measurement:
     return hd.sr.Measurement(
-        name=_concept(finding.score.code),
-        value=finding.score.probability,
+        name=_concept(code),
+        value=probability,
         unit=_concept(PROBABILITY_UNIT),
         algorithm_id=algorithm_id,
     )
@@ -491,7 +496,7 @@ def _document_arguments(
 
 def _document(
     *,
-    report: hd.sr.MeasurementReport,
+    report: hd.sr.ContentSequence,
     evidence: Sequence[pydicom.Dataset],
     algorithm: AlgorithmInfo,
     series_instance_uid: str,
@@ -567,7 +572,47 @@ def build_findings_report(
     identity, and every date and time from ``content_datetime`` (None means now); with an explicit
     one, the same inputs give the same bytes. The report is PRELIMINARY and UNVERIFIED: no person
     has read it.
+
+    The content tree is made by :func:`_findings_content`, from copies of items made once by
+    highdicom's templates; :func:`build_findings_report_with_templates` makes the same document
+    with the templates throughout (tests/workers/test_sr_fast.py holds the two to the same bytes).
     """
+    return _findings_report(
+        _findings_content,
+        images=images,
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        evidence=evidence,
+        content_datetime=content_datetime,
+        version=version,
+        amends=amends,
+    )
+
+
+_ContentBuilder = Callable[
+    [Sequence[ImageFindings], Sequence[pydicom.Dataset], AlgorithmInfo, str], hd.sr.ContentSequence
+]
+
+
+def _findings_report(
+    content: _ContentBuilder,
+    *,
+    images: Sequence[ImageFindings],
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    evidence: Sequence[pydicom.Dataset] = (),
+    content_datetime: datetime.datetime | None = None,
+    version: int = 1,
+    amends: pydicom.Dataset | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """The findings report with its content tree made by ``content`` (images, their header
+    views, the algorithm, the report's SOP Instance UID)."""
     checked_images = _check_images(images)
     _check_document_ids(
         algorithm, series_instance_uid, sop_instance_uid, series_number, instance_number
@@ -577,20 +622,64 @@ def build_findings_report(
         evidence, study_uid, {image.sop_instance_uid for image in checked_images}
     )
     when = resolve_content_datetime(content_datetime)
-
+    series_description = report_series_description(version)
     views = [header_view(image.source) for image in checked_images]
+    return _document(
+        report=content(checked_images, views, algorithm, sop_instance_uid),
+        evidence=[*views, *checked_evidence],
+        algorithm=algorithm,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description=series_description,
+        equipment_description="AI findings report",
+        when=when,
+        previous_versions=[amends] if amends is not None else [],
+    )
+
+
+def _group_uid(report_uid: str, source_uid: str) -> str:
+    return deterministic_uid(report_uid, "measurement-group", source_uid)
+
+
+def _group_identifier(algorithm: AlgorithmInfo, number: int) -> str:
+    return f"{algorithm.name} findings, image {number}"
+
+
+def _roi_uid(report_uid: str, source_uid: str, finding: FindingResult) -> str:
+    return deterministic_uid(report_uid, "planar-roi", source_uid, finding.score.label)
+
+
+def _roi_identifier(finding: FindingResult, number: int) -> str:
+    return f"{finding.score.code.meaning} region, image {number}"
+
+
+def _findings_content_with_templates(
+    images: Sequence[ImageFindings],
+    views: Sequence[pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    report_uid: str,
+) -> hd.sr.ContentSequence:
+    """The findings report's content tree, every item made by highdicom's templates."""
     algorithm_id = _algorithm_identification(algorithm)
     groups: list[
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = []
-    for number, (image, view) in enumerate(zip(checked_images, views, strict=True), start=1):
+    for number, (image, view) in enumerate(zip(images, views, strict=True), start=1):
         source_uid = image.sop_instance_uid
         # A finding's score and presence items, made once: its planar ROI group below states the
         # same two items (highdicom adds the items themselves to each group, as it does the
         # algorithm's, so they are shared by the two groups; they are not changed after this).
-        scores = [_score(finding, algorithm_id) for finding in image.findings]
-        presences = [_presence(finding, algorithm_id) for finding in image.findings]
+        scores = [
+            _score(finding.score.code, finding.score.probability, algorithm_id)
+            for finding in image.findings
+        ]
+        presences = [
+            _presence(finding.score.code, finding.present, finding.threshold, algorithm_id)
+            for finding in image.findings
+        ]
         items = {
             id(finding): (score, presence)
             for finding, score, presence in zip(image.findings, scores, presences, strict=True)
@@ -599,8 +688,8 @@ def build_findings_report(
             _render_separately(
                 hd.sr.MeasurementsAndQualitativeEvaluations(
                     tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=deterministic_uid(sop_instance_uid, "measurement-group", source_uid),
-                        identifier=f"{algorithm.name} findings, image {number}",
+                        uid=_group_uid(report_uid, source_uid),
+                        identifier=_group_identifier(algorithm, number),
                     ),
                     algorithm_id=algorithm_id,
                     measurements=scores,
@@ -617,16 +706,10 @@ def build_findings_report(
                 _render_separately(
                     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                         tracking_identifier=hd.sr.TrackingIdentifier(
-                            uid=deterministic_uid(
-                                sop_instance_uid, "planar-roi", source_uid, finding.score.label
-                            ),
-                            identifier=f"{finding.score.code.meaning} region, image {number}",
+                            uid=_roi_uid(report_uid, source_uid, finding),
+                            identifier=_roi_identifier(finding, number),
                         ),
-                        referenced_region=hd.sr.ImageRegion(
-                            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                            graphic_data=finding.region.polygon(),
-                            source_image=hd.sr.SourceImageForRegion.from_source_image(view),
-                        ),
+                        referenced_region=_image_region(finding.region, view),
                         finding_type=_concept(finding.score.code),
                         algorithm_id=algorithm_id,
                         measurements=[score],
@@ -634,25 +717,227 @@ def build_findings_report(
                     )
                 )
             )
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=_device_context(algorithm),
         procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups,
         referenced_images=[_library_view(view) for view in views],
     )
-    return _document(
-        report=report,
-        evidence=[*views, *checked_evidence],
-        algorithm=algorithm,
-        series_instance_uid=series_instance_uid,
-        sop_instance_uid=sop_instance_uid,
-        series_number=series_number,
-        instance_number=instance_number,
-        series_description=report_series_description(version),
-        equipment_description="AI findings report",
-        when=when,
-        previous_versions=[amends] if amends is not None else [],
+
+
+# build_findings_report's document with its content made by highdicom's templates item by item
+# (three to six times slower): the reference the fast content is tested and benchmarked against.
+build_findings_report_with_templates = functools.partial(
+    _findings_report, _findings_content_with_templates
+)
+
+
+def _image_region(region: HeatmapRegion, view: pydicom.Dataset) -> hd.sr.ImageRegion:
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=region.polygon(),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(view),
     )
+
+
+def _findings_content(
+    images: Sequence[ImageFindings],
+    views: Sequence[pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    report_uid: str,
+) -> hd.sr.ContentSequence:
+    """:func:`_findings_content_with_templates`'s tree, the same datasets in the same order, but
+    made of copies (:func:`dataset_copy.copy_tree`) of items highdicom's templates made once per
+    process (:class:`_Prototypes`), with the values of this report set on the copies: scores,
+    thresholds, tracking identifiers and UIDs. What is made once per image (its library entry,
+    its source reference, its first region) is still made by highdicom; its other regions are
+    copies of its first with their own coordinates.
+
+    Within the report, a finding's score and presence items are the same objects in its image's
+    group and in its planar ROI group, as highdicom's templates share them; no dataset is shared
+    with another report or with the prototypes.
+    """
+    prototypes = _prototypes(algorithm)
+    groups: list[pydicom.Dataset] = []
+    for number, (image, view) in enumerate(zip(images, views, strict=True), start=1):
+        source_uid = image.sop_instance_uid
+        scores = [prototypes.score(finding) for finding in image.findings]
+        presences = [prototypes.presence(finding) for finding in image.findings]
+        items = {
+            id(finding): (score, presence)
+            for finding, score, presence in zip(image.findings, scores, presences, strict=True)
+        }
+        group = prototypes.group(
+            "1501", _group_uid(report_uid, source_uid), _group_identifier(algorithm, number)
+        )
+        group_source = hd.sr.SourceImageForMeasurementGroup.from_source_image(view)
+        groups.append(
+            _with_items(group, [*scores, *presences, prototypes.intended_use(), group_source])
+        )
+        first_region: pydicom.Dataset | None = None
+        for finding in image.present():
+            if finding.region is None:
+                continue
+            score, presence = items[id(finding)]
+            region: pydicom.Dataset
+            if first_region is None:
+                region = first_region = _image_region(finding.region, view)
+            else:  # the same item on the same image, with its own coordinates
+                region = copy_tree(first_region)
+                _set_graphic_data(region, finding.region)
+            roi = prototypes.group(
+                "1410",
+                _roi_uid(report_uid, source_uid, finding),
+                _roi_identifier(finding, number),
+                finding_type=finding.score.code,
+            )
+            groups.append(_with_items(roi, [score, presence, region]))
+    measurements = copy_tree(prototypes.imaging_measurements)
+    _set_items(measurements, groups)
+    root = hd.sr.ContainerContentItem(
+        name=codes.cid7021.ImagingMeasurementReport, template_id="1500"
+    )
+    library = hd.sr.ImageLibrary([_library_view(view) for view in views])
+    _set_items(root, [*(copy_tree(item) for item in prototypes.header), *library, measurements])
+    return hd.sr.ContentSequence([root], is_root=True)
+
+
+def _set_items(parent: pydicom.Dataset, items: list[pydicom.Dataset]) -> None:
+    """``parent``'s Content Sequence, set as pydicom sets a sequence (highdicom's would check
+    that every item is a highdicom content item, which copies are not)."""
+    parent[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", items)
+
+
+def _with_items(group: pydicom.Dataset, items: list[pydicom.Dataset]) -> pydicom.Dataset:
+    """``group`` (a copied measurement group holding its tracking and algorithm items) with
+    ``items`` after those."""
+    group[_CONTENT_SEQUENCE].value.extend(items)
+    return group
+
+
+_NUMERIC_VALUE = pydicom.tag.Tag("NumericValue")
+_FLOATING_POINT_VALUE = pydicom.tag.Tag("FloatingPointValue")
+_MEASURED_VALUE_SEQUENCE = pydicom.tag.Tag("MeasuredValueSequence")
+_TEXT_VALUE = pydicom.tag.Tag("TextValue")
+_UID = pydicom.tag.Tag("UID")
+_GRAPHIC_DATA = pydicom.tag.Tag("GraphicData")
+_PROTOTYPE_UID = "2.25.0"
+_PROTOTYPE_SCORE = 0.5
+
+
+class _Prototypes:
+    """The items of one algorithm's findings reports, made once by highdicom's templates (the
+    same functions :func:`_findings_content_with_templates` calls) and handed out as copies.
+
+    Never hand out a prototype itself: a report may be changed after it is built (``_document``
+    marks its items), and the next report would carry the change.
+    """
+
+    def __init__(self, algorithm: AlgorithmInfo) -> None:
+        self.algorithm_id = _algorithm_identification(algorithm)
+        language = hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE)
+        procedure = hd.sr.CodeContentItem(
+            name=codes.DCM.ProcedureReported,
+            value=codes.SCT.ImagingProcedure,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+        )
+        # The root's items before the image library, in MeasurementReport's order.
+        self.header = [*language, *_device_context(algorithm), procedure]
+        self.imaging_measurements = hd.sr.ContainerContentItem(
+            name=codes.DCM.ImagingMeasurements,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        self._intended_use = _intended_use()[0]
+        self._tracking = hd.sr.TrackingIdentifier(uid=_PROTOTYPE_UID, identifier="prototype")
+        self._groups = {template: self._group(template) for template in ("1501", "1410")}
+        self._scores: dict[FindingCode, pydicom.Dataset] = {}
+        self._presences: dict[tuple[FindingCode, bool], pydicom.Dataset] = {}
+        self._finding_types: dict[FindingCode, pydicom.Dataset] = {}
+
+    def _group(self, template: str) -> pydicom.Dataset:
+        """A measurement group's container with its tracking and algorithm items, as TID 1501
+        and TID 1410 put them first (``_render_separately``'s continuity included)."""
+        container = hd.sr.ContainerContentItem(
+            name=hd.sr.CodedConcept(
+                value="125007", scheme_designator="DCM", meaning="Measurement Group"
+            ),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            template_id=template,
+        )
+        container.ContinuityOfContent = "SEPARATE"
+        _set_items(container, [*self._tracking, *self.algorithm_id])
+        return container
+
+    def group(
+        self, template: str, uid: str, identifier: str, finding_type: FindingCode | None = None
+    ) -> pydicom.Dataset:
+        """A copy of the group's container, tracked by ``identifier`` and ``uid``; a TID 1410
+        group states its ``finding_type`` after its tracking items, as highdicom's template does."""
+        group = copy_tree(self._groups[template])
+        items = group[_CONTENT_SEQUENCE].value
+        tracking_text, tracking_uid = items[0], items[1]
+        tracking_text[_TEXT_VALUE] = DataElement(_TEXT_VALUE, "UT", str(identifier))
+        tracking_uid[_UID] = DataElement(_UID, "UI", uid)
+        if finding_type is not None:
+            items.insert(2, copy_tree(self._finding_type(finding_type)))
+        return group
+
+    def _finding_type(self, code: FindingCode) -> pydicom.Dataset:
+        item = self._finding_types.get(code)
+        if item is None:
+            item = hd.sr.CodeContentItem(
+                name=hd.sr.CodedConcept(value="121071", scheme_designator="DCM", meaning="Finding"),
+                value=_concept(code),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            self._finding_types[code] = item
+        return item
+
+    def intended_use(self) -> pydicom.Dataset:
+        return copy_tree(self._intended_use)
+
+    def score(self, finding: FindingResult) -> pydicom.Dataset:
+        """The finding's TID 300 measurement with its score."""
+        code = finding.score.code
+        prototype = self._scores.get(code)
+        if prototype is None:
+            prototype = _score(code, _PROTOTYPE_SCORE, self.algorithm_id)[0]
+            self._scores[code] = prototype
+        item = copy_tree(prototype)
+        _set_number(item, finding.score.probability)
+        return item
+
+    def presence(self, finding: FindingResult) -> pydicom.Dataset:
+        """The finding's Present or Absent evaluation with its threshold."""
+        key = (finding.score.code, finding.present)
+        prototype = self._presences.get(key)
+        if prototype is None:
+            prototype = _presence(*key, _PROTOTYPE_SCORE, self.algorithm_id)[0]
+            self._presences[key] = prototype
+        item = copy_tree(prototype)
+        _set_number(item[_CONTENT_SEQUENCE].value[0], float(finding.threshold))
+        return item
+
+
+def _set_graphic_data(item: pydicom.Dataset, region: HeatmapRegion) -> None:
+    """A SCOORD item's coordinates, set as highdicom's ScoordContentItem sets them."""
+    item[_GRAPHIC_DATA] = DataElement(_GRAPHIC_DATA, "FL", region.polygon().flatten().tolist())
+
+
+def _set_number(item: pydicom.Dataset, value: float) -> None:
+    """A NUM item's value, set as highdicom's NumContentItem sets it."""
+    measured = item[_MEASURED_VALUE_SEQUENCE].value[0]
+    measured[_NUMERIC_VALUE] = DataElement(_NUMERIC_VALUE, "DS", DS(value, auto_format=True))
+    if isinstance(value, float):
+        measured[_FLOATING_POINT_VALUE] = DataElement(_FLOATING_POINT_VALUE, "FD", value)
+    else:
+        del measured[_FLOATING_POINT_VALUE]
+
+
+@functools.lru_cache(maxsize=16)
+def _prototypes(algorithm: AlgorithmInfo) -> _Prototypes:
+    """One algorithm's prototypes, made on its first report in this process."""
+    return _Prototypes(algorithm)
 
 
 def report_series_description(version: int) -> str:
