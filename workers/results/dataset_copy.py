@@ -16,7 +16,7 @@ without changing the prototype or another document.
 To be fast it makes datasets and elements without their constructors: a Dataset gets the
 attributes a new ``Dataset()`` has (read once, at import, so a pydicom upgrade that adds one is
 followed), with fresh containers for the mutable ones; an element gets its original's
-attributes. tests/workers/test_dataset_copy.py holds copies to their originals.
+attributes. tests/workers/test_sr_fast.py holds the copies to the template-built originals, byte for byte.
 """
 
 import copy
