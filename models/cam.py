@@ -130,11 +130,15 @@ class ImageCam:
     def full(self) -> FloatArray:
         """The whole map, float32 ``[H, W]`` in [0, 1], made in blocks of rows."""
         rows, cols = self.shape
-        image = np.empty((rows, cols), dtype=np.float32)
-        right = np.ascontiguousarray(self.col_weights.T)
-        step = max(1, _BLOCK_VALUES // cols)
-        for start in range(0, rows, step):
-            image[start : start + step] = self.left[start : start + step] @ right
+        image = np.zeros((rows, cols), dtype=np.float32)
+        # Pixels outside the centre crop have no weight: exactly 0, left out of the products.
+        top, bottom = _nonzero_span(self.left)
+        first, last = _nonzero_span(self.col_weights)
+        right = np.ascontiguousarray(self.col_weights[first:last].T)
+        step = max(1, _BLOCK_VALUES // max(1, last - first))
+        for start in range(top, bottom, step):
+            stop = min(start + step, bottom)
+            image[start:stop, first:last] = self.left[start:stop] @ right
         # Clipping after the cast to float32 gives the same values (0 and 1 are exact in both).
         np.maximum(image, 0.0, out=image)
         np.minimum(image, 1.0, out=image)
@@ -151,6 +155,14 @@ class ImageCam:
         row, col = np.unravel_index(int(np.argmax(grid)), grid.shape)
         peak = (int(self.row_candidates[row]), int(self.col_candidates[col]))
         return float(grid.min()), float(grid.max()), peak
+
+
+def _nonzero_span(weights: npt.NDArray[np.float64]) -> tuple[int, int]:
+    """``(first, stop)``: the rows of ``weights`` from its first to its last non-zero row."""
+    nonzero = np.flatnonzero(weights.any(axis=1))
+    if nonzero.size == 0:
+        return 0, 0
+    return int(nonzero[0]), int(nonzero[-1]) + 1
 
 
 def _unit_float32(values: npt.NDArray[np.float64]) -> FloatArray:
