@@ -90,6 +90,11 @@ class Assembler:
         """The shortest quiet period of the node and its routes, as the last pass read them."""
         return self._shortest_quiet.total_seconds()
 
+    @property
+    def counts_instances(self) -> bool:
+        """Whether a route (as the last pass read them) completes studies by an instance count."""
+        return self._min_expected is not None
+
     def quiet_for(self, route: Route) -> timedelta:
         """How long a study must be silent before ``route`` takes it: its own, else the node's."""
         if route.quiet_seconds is None:
@@ -274,8 +279,10 @@ class AssemblerThread(threading.Thread):
             if woken:
                 quiet_checks.add(now + self._assembler.shortest_quiet_s + _QUIET_MARGIN_S)
             due = quiet_checks.pop_due(now)
+            # A wake-up can complete a study at once only by a route's expected count.
+            counted = bool(woken) and self._assembler.counts_instances
             if now - last_tick >= self._interval or (
-                (woken or due or now >= wake_at) and self._assembler.work_waiting()
+                (counted or due or now >= wake_at) and self._assembler.work_waiting()
             ):
                 self._assembler.tick()
                 last_tick = time.monotonic()
