@@ -545,6 +545,11 @@ def _document(
     return document
 
 
+_ContentBuilder = Callable[
+    [Sequence[ImageFindings], Sequence[pydicom.Dataset], AlgorithmInfo, str], hd.sr.ContentSequence
+]
+
+
 def build_findings_report(
     *,
     images: Sequence[ImageFindings],
@@ -557,6 +562,7 @@ def build_findings_report(
     content_datetime: datetime.datetime | None = None,
     version: int = 1,
     amends: pydicom.Dataset | None = None,
+    content_builder: _ContentBuilder | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR (TID 1500) with each source image's findings (see the module docstring).
 
@@ -574,45 +580,11 @@ def build_findings_report(
     has read it.
 
     The content tree is made by :func:`_findings_content`, from copies of items made once by
-    highdicom's templates; :func:`build_findings_report_with_templates` makes the same document
-    with the templates throughout (tests/workers/test_sr_fast.py holds the two to the same bytes).
+    highdicom's templates. ``content_builder`` replaces it: only
+    :func:`build_findings_report_with_templates` does, to make the same document with the
+    templates throughout (tests/workers/test_sr_fast.py holds the two to the same bytes).
     """
-    return _findings_report(
-        _findings_content,
-        images=images,
-        algorithm=algorithm,
-        series_instance_uid=series_instance_uid,
-        sop_instance_uid=sop_instance_uid,
-        series_number=series_number,
-        instance_number=instance_number,
-        evidence=evidence,
-        content_datetime=content_datetime,
-        version=version,
-        amends=amends,
-    )
-
-
-_ContentBuilder = Callable[
-    [Sequence[ImageFindings], Sequence[pydicom.Dataset], AlgorithmInfo, str], hd.sr.ContentSequence
-]
-
-
-def _findings_report(
-    content: _ContentBuilder,
-    *,
-    images: Sequence[ImageFindings],
-    algorithm: AlgorithmInfo,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int,
-    evidence: Sequence[pydicom.Dataset] = (),
-    content_datetime: datetime.datetime | None = None,
-    version: int = 1,
-    amends: pydicom.Dataset | None = None,
-) -> hd.sr.ComprehensiveSR:
-    """The findings report with its content tree made by ``content`` (images, their header
-    views, the algorithm, the report's SOP Instance UID)."""
+    content = content_builder or _findings_content
     checked_images = _check_images(images)
     _check_document_ids(
         algorithm, series_instance_uid, sop_instance_uid, series_number, instance_number
@@ -728,7 +700,7 @@ def _findings_content_with_templates(
 # build_findings_report's document with its content made by highdicom's templates item by item
 # (three to six times slower): the reference the fast content is tested and benchmarked against.
 build_findings_report_with_templates = functools.partial(
-    _findings_report, _findings_content_with_templates
+    build_findings_report, content_builder=_findings_content_with_templates
 )
 
 
