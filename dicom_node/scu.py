@@ -257,16 +257,11 @@ class KeptAssociations:
     def expect(self, peer: Peer, items: Sequence[Outgoing]) -> None:
         """Say what is about to be sent to ``peer``, so that an association opened for the first
         of them proposes every SOP class and transfer syntax of the lot at once."""
-        self.expect_contexts(
-            peer, [(item.sop_class_uid, proposed_syntaxes(item.transfer_syntax)) for item in items]
-        )
-
-    def expect_contexts(self, peer: Peer, contexts: Sequence[tuple[str, Sequence[str]]]) -> None:
-        """Say which SOP classes, in which transfer syntaxes, will be sent to ``peer`` (before
-        their files exist): an association opened from now on proposes them too."""
         with self._lock:
             wanted = self._wanted.setdefault(peer, {})
-            for sop_class, syntaxes in contexts:
+            for item in items:
+                sop_class = item.sop_class_uid
+                syntaxes = proposed_syntaxes(item.transfer_syntax)
                 wanted[sop_class] = _union(wanted.get(sop_class, []), syntaxes)
 
     def send(self, peer: Peer, item: Outgoing) -> int:

@@ -18,10 +18,8 @@ STAGES: dict[str, str] = {
     "preprocess": "Resize, crop and normalise to the model's input tensor.",
     "inference": "The ONNX model's run (scores and feature maps, the per-label CAM matmul).",
     "cam": "Each present finding's map put back on the image and its region found.",
-    "build": "Result objects built (SC, SR, ...), encoded, written and recorded; the images "
-    "are sent meanwhile, each as soon as it is recorded.",
-    "deliver": "What the first attempt at sending every result to every destination (C-STORE) "
-    "adds after the build.",
+    "build": "Result objects built (SC, SR, ...), encoded, written and recorded.",
+    "deliver": "First attempt at sending every result to every destination (C-STORE).",
 }
 
 

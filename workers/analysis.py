@@ -11,7 +11,7 @@ analysed" SR instead (``not_analysed``). Pure apart from inference: no database,
 synthetic findings).
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -226,28 +226,10 @@ def build_image_results(
 ) -> list[BuiltResult]:
     """The job's images (SCs, SEG and GSPS per image as ``options`` ask), already linked to the
     job's step and its report-to-be. Pure: no model, no I/O."""
-    return list(iter_image_results(job, algorithm, images, options))
-
-
-def iter_image_results(
-    job: JobIdentity,
-    algorithm: AlgorithmInfo,
-    images: Sequence[ImageFindings],
-    options: ResultOptions,
-) -> Iterator[BuiltResult]:
-    """:func:`build_image_results` one object at a time, each linked as it is yielded: the worker
-    stores, records and starts sending each while it builds the next (``workers.pipeline``)."""
     uid = _Uids(job, algorithm)
     when = job.created_at
-    step, report = _job_step(job, algorithm, uid), _report_reference(uid)
-    studies = {str(findings.source.StudyInstanceUID) for findings in images}
-    if len(studies) > 1:
-        raise ValueError("the objects of one job belong to one study")
 
-    def linked(result: BuiltResult) -> BuiltResult:
-        link_job_objects([result.dataset], step, report)
-        return result
-
+    results: list[BuiltResult] = []
     overlay_counts = dict.fromkeys(SCEncoding, 0)  # instance numbers, per SC series
     for index, findings in enumerate(images):
         source_uid = findings.sop_instance_uid
@@ -276,7 +258,7 @@ def iter_image_results(
                     content_datetime=when,
                     transfer_syntax_uid=syntax,
                 )
-                yield linked(
+                results.append(
                     BuiltResult(
                         ResultKind.HEATMAP_SC,
                         overlay,
@@ -297,7 +279,7 @@ def iter_image_results(
                 transfer_syntax_uid=syntax,
             )
             present = [f.score.label for f in findings.present()]
-            yield linked(
+            results.append(
                 BuiltResult(
                     ResultKind.SUMMARY_SC, summary_sc, source_uid, {"present": present}, encoding
                 )
@@ -313,7 +295,7 @@ def iter_image_results(
                 content_datetime=when,
             )
             if seg is not None:
-                yield linked(BuiltResult(ResultKind.PROBABILITY_SEG, seg, source_uid, {}))
+                results.append(BuiltResult(ResultKind.PROBABILITY_SEG, seg, source_uid, {}))
         if options.presentation_state:
             gsps = build_region_annotations(
                 image=findings,
@@ -325,7 +307,11 @@ def iter_image_results(
                 content_datetime=when,
             )
             if gsps is not None:
-                yield linked(BuiltResult(ResultKind.REGION_GSPS, gsps, source_uid, {}))
+                results.append(BuiltResult(ResultKind.REGION_GSPS, gsps, source_uid, {}))
+    link_job_objects(
+        [r.dataset for r in results], _job_step(job, algorithm, uid), _report_reference(uid)
+    )
+    return results
 
 
 def build_report_result(

@@ -2,11 +2,8 @@
 
 claim job → load inputs → select frontal chest images within the model card's contract (others
 are "not analysed", with the reason) → ``workers.analysis`` (model, findings, result objects) →
-store and record the results, replacing an earlier run's, and deliver them. Each image (SC, SEG,
-GSPS) is stored, recorded and handed to ``workers.delivery.JobDelivery`` as soon as it is built,
-so it travels to the PACS while the next is built; the findings report is recorded with the job's
-end state and sent last. A job whose images were all refused sends a "not analysed" SR back
-instead.
+store and record the results, replacing an earlier run's → queue their deliveries. A job whose
+images were all refused sends a "not analysed" SR back instead.
 
 A radiology report in the input set (a Basic Text, Enhanced or Comprehensive SR that RadLight did
 not write, ``dicom_node.reports``) is not an image to refuse: its text is grounded on the first
@@ -55,13 +52,11 @@ from workers.analysis import (
     JobIdentity,
     ResultOptions,
     algorithm_of,
-    build_report_result,
-    iter_image_results,
+    analyse,
     not_analysed,
-    run_model,
 )
 from workers.context import WorkerContext
-from workers.delivery import JobDelivery
+from workers.delivery import deliver_job_results
 from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 from workers.lease import held_lease, worker_name
@@ -315,103 +310,81 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
         with clock.stage("decode"):
             read = _read_inputs(ctx, inputs, entry.card.input)
         skipped_note = "; ".join(f"{uid}: {why}" for uid, why in sorted(read.skipped.items()))
-        with JobDelivery(ctx) as delivery:
-            if read.analysed:
-                state = JobState.SUCCEEDED
-                reason = f"some images not analysed: {skipped_note}" if read.skipped else None
-                try:
-                    recorded, built = _analyse(ctx, inputs, entry, read, clock, delivery)
-                except ModelError as exc:
-                    return _finish(
-                        ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry, clock=clock
-                    )
-            else:
-                state = JobState.NOT_ANALYSED
-                nothing = (
-                    "no image to ground the report on" if read.reports else "no input instances"
+        if read.analysed:
+            state = JobState.SUCCEEDED
+            reason = f"some images not analysed: {skipped_note}" if read.skipped else None
+            try:
+                built = _analyse(inputs, entry, read, clock)
+            except ModelError as exc:
+                return _finish(
+                    ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry, clock=clock
                 )
-                reason = f"not analysed: {skipped_note or nothing}"
-                with clock.stage("build"):
-                    recorded, built = (
-                        0,
-                        not_analysed(
-                            inputs.identity,
-                            algorithm_of(entry),
-                            read.skipped_datasets,
-                            read.skipped,
-                        ),
-                    )
-            with clock.stage("build"), transaction(ctx.sessions) as session:
-                to_send = _store_results(ctx, session, inputs, entry, built)
-                finish_job(
-                    session=session,
-                    job_id=job_id,
-                    state=state,
-                    reason=reason,
-                    model_version=entry.card.version,
-                    model_sha256=entry.sha256,
+        else:
+            state = JobState.NOT_ANALYSED
+            nothing = "no image to ground the report on" if read.reports else "no input instances"
+            reason = f"not analysed: {skipped_note or nothing}"
+            with clock.stage("build"):
+                built = not_analysed(
+                    inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
                 )
-                record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
-            log = logger.info if state is JobState.SUCCEEDED else logger.warning
-            log(
-                "job %d %s: %d results%s",
-                job_id,
-                state.value,
-                recorded + len(built),
-                f" ({reason})" if reason else "",
+        with clock.stage("build"), transaction(ctx.sessions) as session:
+            to_send = _store_results(ctx, session, inputs, entry, built)
+            finish_job(
+                session=session,
+                job_id=job_id,
+                state=state,
+                reason=reason,
+                model_version=entry.card.version,
+                model_sha256=entry.sha256,
             )
-            delivery.add(to_send)
-            waited_ms = delivery.finish()
-        if delivery.sending:
-            _record_delivery_stage(ctx, job_id, clock, waited_ms)
+            record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
+        log = logger.info if state is JobState.SUCCEEDED else logger.warning
+        log(
+            "job %d %s: %d results%s",
+            job_id,
+            state.value,
+            len(built),
+            f" ({reason})" if reason else "",
+        )
+        _deliver(ctx, job_id, to_send, clock)
         return state
 
 
 def _analyse(
-    ctx: WorkerContext,
-    inputs: JobInputs,
-    entry: ModelEntry,
-    read: ReadInputs,
-    clock: StageClock,
-    delivery: JobDelivery,
-) -> tuple[int, list[BuiltResult]]:
+    inputs: JobInputs, entry: ModelEntry, read: ReadInputs, clock: StageClock
+) -> list[BuiltResult]:
     """The job's results: findings (unless it only grounds a posted report) and grounded reports
-    on the first analysed image (sorted by SOP Instance UID).
-
-    The findings' images are stored, recorded and handed to ``delivery`` one by one as they are
-    built, so that the first is on its way to the PACS while the next is made. Returns how many
-    were recorded so, and the results left for the caller to record with the job's end (the
-    report, which must not reach a PACS before the job has succeeded, and grounded reports).
-    """
+    on the first analysed image (sorted by SOP Instance UID)."""
     image = read.analysed[0]
     if inputs.posted_report is not None:
         with clock.stage("build"):
-            return 0, ground_report(inputs.identity, entry, image, inputs.posted_report, None)
-    findings = run_model(entry, read.analysed, inputs.options, clock)
-    algorithm = algorithm_of(entry)
+            return ground_report(inputs.identity, entry, image, inputs.posted_report, None)
+    built = analyse(inputs.identity, entry, read.analysed, inputs.options, clock)
     with clock.stage("build"):
-        images: list[BuiltResult] = []
-        for item in iter_image_results(inputs.identity, algorithm, findings, inputs.options):
-            with transaction(ctx.sessions) as session:
-                to_send = _store_results(ctx, session, inputs, entry, [item])
-            delivery.add(to_send)
-            images.append(item)
-        rest = [build_report_result(inputs.identity, algorithm, findings, images)]
         for report, text in read.reports:
-            rest.extend(ground_report(inputs.identity, entry, image, text, report))
-    return len(images), rest
+            built.extend(ground_report(inputs.identity, entry, image, text, report))
+    return built
 
 
-def _record_delivery_stage(
-    ctx: WorkerContext, job_id: int, clock: StageClock, waited_ms: float
+def _deliver(
+    ctx: WorkerContext, job_id: int, to_send: list[tuple[int, Outgoing]], clock: StageClock
 ) -> None:
-    """Record the time the first delivery attempt added after the build (``deliver``)."""
-    clock.add("deliver", waited_ms)
-    try:
-        with transaction(ctx.sessions) as session:
-            record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
-    except SQLAlchemyError as exc:  # the results are out; only a timing is lost
-        logger.warning("could not record job %d's delivery time: %s", job_id, exc)
+    """Send the job's results now (``delivery_inline``) and queue what failed for a retry, or
+    queue every delivery as its own task; then record the delivery stage."""
+    queued: list[tuple[int, float | None]] = [(delivery_id, None) for delivery_id, _ in to_send]
+    if ctx.settings.delivery_inline and to_send:
+        with clock.stage("deliver"):
+            queued = deliver_job_results(to_send, ctx)
+        try:
+            with transaction(ctx.sessions) as session:
+                record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
+        except SQLAlchemyError as exc:  # the results are out; only a timing is lost
+            logger.warning("could not record job %d's delivery time: %s", job_id, exc)
+    for delivery_id, countdown in queued:
+        try:
+            ctx.producer.enqueue_delivery(delivery_id, countdown=countdown)
+        except Exception as exc:  # noqa: BLE001 - any broker error; the dispatcher re-queues
+            logger.warning("could not queue delivery %d: %s", delivery_id, exc)
 
 
 def _finish(

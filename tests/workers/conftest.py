@@ -58,15 +58,6 @@ def ctx(tmp_path: Path, database_url: str, tiny_model: BuiltModel) -> Iterator[W
         yield context
 
 
-@pytest.fixture
-def inline_ctx(
-    tmp_path: Path, database_url: str, tiny_model: BuiltModel
-) -> Iterator[WorkerContext]:
-    """A worker context that sends results itself (the default outside these tests)."""
-    with worker_context(tmp_path, database_url, tiny_model, delivery_inline=True) as context:
-        yield context
-
-
 def copy_with_new_uids(
     source: Path | pydicom.Dataset, *, study_uid: str | None = None, **changes: object
 ) -> pydicom.Dataset:

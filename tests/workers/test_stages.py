@@ -34,12 +34,21 @@ from services.app import create_app
 from services.security import hash_password, issue_token, load_secret_key
 from tests.brokers import folder_messages
 from tests.peers import free_port
-from tests.workers.conftest import copy_with_new_uids, receive
+from tests.workers.conftest import copy_with_new_uids, receive, worker_context
 from tests.workers.test_pipeline import get_job, make_job, sop_uid
 from workers.context import WorkerContext
 from workers.pipeline import run_job
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def inline_ctx(
+    tmp_path: Path, database_url: str, tiny_model: BuiltModel
+) -> Iterator[WorkerContext]:
+    """A worker context that sends results itself (the default outside these tests)."""
+    with worker_context(tmp_path, database_url, tiny_model, delivery_inline=True) as context:
+        yield context
 
 
 def deliveries(ctx: WorkerContext, job_id: int) -> list[Delivery]:
