@@ -23,7 +23,6 @@ from sqlalchemy import Engine, select
 
 from db.models import AuditEvent, Delivery, DeliveryState, Destination, Job, Result, Study
 from db.session import make_engine
-from tests.job_state import unfinished_jobs
 from tests.peers import (
     Orthanc,
     Service,
@@ -120,11 +119,8 @@ def _held(orthanc: Orthanc, study_uid: str) -> int:
 
 
 def _deliveries(engine: Engine, study_uid: str) -> list[tuple[str, DeliveryState]]:
-    """(destination name, state) of every delivery of the study's results, once no job of the
-    study is still making results (else empty)."""
+    """(destination name, state) of every delivery of the study's results."""
     with engine.connect() as conn:
-        if unfinished_jobs(conn, study_uid):
-            return []
         rows = conn.execute(
             select(Destination.name, Delivery.state)
             .join(Delivery, Delivery.destination_id == Destination.id)

