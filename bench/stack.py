@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, case, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Delivery, DeliveryState, Job, Result, Study
@@ -158,28 +158,33 @@ def full_stack(
 def delivered_at(engine: Engine, study_uid: str) -> datetime | None:
     """When the last result of the study's job was stored in the destination, or None while any
     result is not sent yet."""
-    with Session(engine) as session:
-        rows = session.execute(
-            select(Delivery.state, Delivery.sent_at)
-            .join(Result, Delivery.result_id == Result.id)
-            .join(Job, Result.job_id == Job.id)
-            .join(Study, Job.study_id == Study.id)
-            .where(Study.study_instance_uid == study_uid)
-        ).all()
-    if not rows or any(state is not DeliveryState.SENT for state, _ in rows):
-        return None
-    return max(sent for _, sent in rows if sent is not None)
+    times = all_delivered(engine, [study_uid])
+    return None if times is None else times[study_uid]
 
 
 def all_delivered(engine: Engine, study_uids: Sequence[str]) -> dict[str, datetime] | None:
-    """The delivery time of each study, once every one of them is delivered."""
-    times = {}
-    for uid in study_uids:
-        at = delivered_at(engine, uid)
-        if at is None:
-            return None
-        times[uid] = at
-    return times
+    """The delivery time of each study, once every one of them is delivered (else None).
+
+    One query for all the studies: the benchmark driver shares the machine with the stack it
+    measures, so its polling must cost little (a query per study per poll took 9 % of the
+    machine's CPU in a 60-study throughput run)."""
+    sent = case((Delivery.state == DeliveryState.SENT, 1), else_=0)
+    with Session(engine) as session:
+        rows = session.execute(
+            select(
+                Study.study_instance_uid,
+                func.count(Delivery.id),
+                func.sum(sent),
+                func.max(Delivery.sent_at),
+            )
+            .join(Job, Job.study_id == Study.id)
+            .join(Result, Result.job_id == Job.id)
+            .join(Delivery, Delivery.result_id == Result.id)
+            .where(Study.study_instance_uid.in_(list(study_uids)))
+            .group_by(Study.study_instance_uid)
+        ).all()
+    times = {uid: at for uid, count, done, at in rows if count and done == count and at}
+    return times if len(times) == len(set(study_uids)) else None
 
 
 def job_stages(engine: Engine, study_uids: Sequence[str]) -> list[dict[str, float]]:
