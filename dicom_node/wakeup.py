@@ -6,16 +6,24 @@ port and process id; the assembler thread waits on that socket. The database sta
 truth: a datagram that is lost (a full socket buffer, an assembler not yet started) only delays the
 study to the assembler's next check or tick. Abstract sockets are Linux's; where one cannot be made
 the node falls back to polling (``RADLIGHT_ASSEMBLER_POLL_S``).
+
+An abstract socket has no file permissions: any local process can send to it. The receiver asks
+the kernel for each datagram's sender credentials (``SO_PASSCRED``) and counts only those sent by
+its own user, so another user's flood of datagrams costs the assembler no database check.
 """
 
 import errno
 import logging
+import os
 import select
 import socket
+import struct
 
 logger = logging.getLogger(__name__)
 
 _DATAGRAM = b"r"
+_CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_CREDENTIALS.size)
 
 
 def wakeup_address(dicom_port: int, node_pid: int) -> bytes:
@@ -30,8 +38,11 @@ class WakeupReceiver:
 
     def __init__(self, address: bytes) -> None:
         self.address = address
+        self.ignored = 0  # datagrams from another user, not counted
+        self._uid = os.getuid()
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             self._socket.bind(address)
         except OSError:
             self._socket.close()
@@ -48,18 +59,29 @@ class WakeupReceiver:
             return None
 
     def wait(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for wake-ups; how many arrived (all are consumed)."""
+        """Wait up to ``timeout`` seconds for wake-ups; how many of this user's arrived (all
+        datagrams are consumed)."""
         readable, _, _ = select.select([self._socket], [], [], max(0.0, timeout))
         count = 0
         while readable:
             try:
-                self._socket.recv(16)
+                _, ancillary, _, _ = self._socket.recvmsg(16, _ANCILLARY_BYTES)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # closed by close() while waiting
                 break
-            count += 1
+            if self._from_this_user(ancillary):
+                count += 1
+            else:
+                self.ignored += 1
         return count
+
+    def _from_this_user(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                _pid, uid, _gid = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+                return bool(uid == self._uid)
+        return False
 
     def close(self) -> None:
         self._socket.close()

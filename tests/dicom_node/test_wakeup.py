@@ -7,6 +7,8 @@ receiving from dcmtk's storescu.
 
 import contextlib
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +71,58 @@ def test_a_second_receiver_on_one_address_falls_back_to_polling(
         assert "polling the database instead" in caplog.text
     finally:
         first.close()
+
+
+NOBODY = 65534  # the uid of Debian's "nobody"
+
+
+def send_as_another_user(address: bytes, count: int) -> int:
+    """Send ``count`` wake-up datagrams to ``address`` from a child process that has dropped to
+    another user; returns the child's exit status (0: all sent)."""
+    pid = os.fork()
+    if pid == 0:  # the child: no imports, no threads, only system calls, then _exit
+        status = 1
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            flood = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            flood.settimeout(10)  # blocks while the receiver's queue is full, never for ever
+            for _ in range(count):
+                flood.sendto(b"r", address)
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_a_flood_of_wakeups_from_another_user_costs_no_check(tmp_path: Path) -> None:
+    # An abstract socket has no permissions: any local user can send to it. Their datagrams are
+    # consumed and ignored, so they cannot make the assembler query the database.
+    receiver = WakeupReceiver(address(tmp_path))
+    own = WakeupSender(receiver.address)
+    counted: list[int] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set() or receiver.wait(0):
+            counted.append(receiver.wait(0.05))
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    try:
+        assert send_as_another_user(receiver.address, 5000) == 0
+        wait_for(lambda: receiver.ignored + sum(counted) == 5000, timeout=30, what="the flood read")
+        assert sum(counted) == 0
+        own()  # this user's wake-up still counts
+        wait_for(lambda: sum(counted) == 1, timeout=10, what="this user's wake-up")
+    finally:
+        done.set()
+        drainer.join(timeout=10)
+        own.close()
+        receiver.close()
+    assert receiver.ignored == 5000
 
 
 @contextlib.contextmanager
