@@ -9,7 +9,8 @@ Three ways to run DenseNet-121 (CheXNet head, seeded weights) on the same prepar
 - torch eager (``inference_mode``), for reference.
 
 Prints the median milliseconds per batch (after a warm-up) and the ratio RadLight / bare; the goal
-is ≤ 1.2 for batch 1 and 8. Run: ``python -m bench.bench_inference`` (``--batches 1 8``).
+is ≤ 1.2 for batch 1 and 8. Calls alternate, with a pause after each (``SETTLE_S``).
+Run: ``python -m bench.bench_inference`` (``--batches 1 8``).
 """
 
 import argparse
@@ -28,11 +29,18 @@ from models.densenet import chexnet
 from models.export import export_classifier_onnx
 from models.runtime import Classifier, available_providers
 
+# After each timed call the bench waits this long, as a worker does other work between two
+# inferences: onnxruntime's default session keeps its threads spinning on both cores for a while
+# after a run, which would otherwise slow whichever call comes next.
+SETTLE_S = 0.1
+
 
 def timed_ms(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
-    return (time.perf_counter() - start) * 1e3
+    elapsed = (time.perf_counter() - start) * 1e3
+    time.sleep(SETTLE_S)
+    return elapsed
 
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:

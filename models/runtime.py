@@ -294,13 +294,15 @@ _allow_spinning = False
 
 
 def set_intra_op_threads(threads: int, *, spinning: bool = False) -> None:
-    """Threads each new session may use for one operator, and whether they spin between
-    operators. A worker process running beside others on the same cores sets cores / processes,
-    so they do not oversubscribe the CPU; 0 lets onnxruntime choose. Spinning (onnxruntime's
-    default) keeps idle threads busy-waiting for the next operator and on past the run: a few ms
-    less per inference on cores of its own, but on cores shared with the worker's own Python, the
-    node and the database it burns the time they need (docs/PERFORMANCE.md: 27 ms of CPU per
-    DenseNet-121 inference). Sessions built before the call keep their setting."""
+    """Threads each new session may use for one operator, and whether they go on spinning after
+    a run. A worker process running beside others on the same cores sets cores / processes, so
+    they do not oversubscribe the CPU; 0 lets onnxruntime choose. Within a run the threads always
+    busy-wait for the next operator (parking them between DenseNet's ~400 operators cost 4 ms per
+    inference). After the run onnxruntime's default keeps them spinning, on cores shared with the
+    worker's own Python, the node and the database: ``spinning=False`` stops them as the run
+    returns (``session.force_spinning_stop``), which saves the 27 ms of CPU per DenseNet-121
+    inference that spinning on cost (docs/PERFORMANCE.md). Sessions built before the call keep
+    their setting."""
     global _intra_op_threads, _allow_spinning
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
@@ -310,16 +312,15 @@ def set_intra_op_threads(threads: int, *, spinning: bool = False) -> None:
 
 def session_options() -> ort.SessionOptions:
     """Every graph optimisation, sequential execution (DenseNet is a chain), and the process's
-    intra-op threads and spinning; the CUDA provider, where present, is chosen in
+    intra-op threads and spinning after a run; the CUDA provider, where present, is chosen in
     ``available_providers``."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if _intra_op_threads:
         options.intra_op_num_threads = _intra_op_threads
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if _allow_spinning else "0"
-    )
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "0" if _allow_spinning else "1")
     return options
 
 

@@ -92,9 +92,9 @@ class Settings(BaseSettings):
     )
     inference_spinning: bool = Field(
         default=False,
-        description="Let onnxruntime's threads busy-wait between operators (its own default): a "
-        "few ms less per inference on cores of their own, CPU taken from everything else on "
-        "shared ones.",
+        description="Let onnxruntime's threads go on busy-waiting after each inference (its own "
+        "default; within an inference they always do): CPU taken from everything else on shared "
+        "cores, for nothing unless inferences follow each other at once.",
     )
     delivery_inline: bool = Field(
         default=True,

@@ -33,13 +33,15 @@ def test_sessions_use_the_configured_threads_and_every_optimisation(tmp_path: Pa
     assert options.intra_op_num_threads == 1
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # Spinning between operators, stopped as each run returns.
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     with pytest.raises(ValueError, match="threads must be >= 0"):
         set_intra_op_threads(-1)
 
 
 @pytest.mark.usefixtures("fresh_sessions")
-def test_spinning_is_on_only_when_asked_for(tmp_path: Path) -> None:
+def test_spinning_after_a_run_only_when_asked_for(tmp_path: Path) -> None:
     built = build_tiny_classifier(tmp_path)
     set_intra_op_threads(2, spinning=True)
     options = Classifier.load(
@@ -47,6 +49,7 @@ def test_spinning_is_on_only_when_asked_for(tmp_path: Path) -> None:
     ).session.get_session_options()
     assert options.intra_op_num_threads == 2
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "0"
 
 
 def test_automatic_threads_share_the_cores_among_the_worker_processes() -> None:
