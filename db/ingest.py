@@ -1,10 +1,11 @@
 """Recording what the DICOM node received: instances (idempotent upserts) and refusals."""
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -45,84 +46,123 @@ def record_instance(received: ReceivedInstance, *, session: Session) -> RecordOu
     Any arrival (new or repeated) re-opens the study for assembly, so a late instance is routed
     with the rest; a repeated identical set is recognised later by its input hash. Written as
     INSERT ... ON CONFLICT statements (PostgreSQL and SQLite alike), four round trips for a new
-    instance, because the C-STORE waits on them.
+    instance, because the C-STORE waits on them; the statements are built once per dialect
+    (:func:`_statements`) and only their parameters change.
     """
+    statements = _statements(session.get_bind().dialect.name)
     now = utcnow()
-    upsert = _insert_for(session)
+    study_id: int = session.execute(
+        statements.study,
+        {
+            "study_uid": received.study_instance_uid,
+            "now": now,
+            "calling": received.calling_ae,
+            "called": received.called_ae,
+        },
+    ).scalar_one()
+    series_id: int = session.execute(
+        statements.series,
+        {
+            "study": study_id,
+            "series_uid": received.series_instance_uid,
+            "modality_value": received.modality,
+            "body_part": received.body_part_examined,
+        },
+    ).scalar_one()
+    facts = {
+        "sop_uid": received.sop_instance_uid,
+        "sop_class": received.sop_class_uid,
+        "syntax": received.transfer_syntax_uid,
+        "path": received.relative_path,
+        "size": received.size_bytes,
+        "digest": received.sha256,
+        "view": received.view_position,
+        "age": received.patient_age_years,
+        "now": now,
+    }
+    instance_id: int | None = session.execute(
+        statements.new_instance, {"series": series_id, **facts}
+    ).scalar_one_or_none()
+    duplicate = instance_id is None
+    if instance_id is None:
+        instance_id = session.execute(statements.repeated_instance, facts).scalar_one()
+    else:
+        session.execute(statements.count_instance, {"study": study_id})
+    return RecordOutcome(instance_id=instance_id, study_id=study_id, duplicate=duplicate)
+
+
+@dataclass(frozen=True)
+class _IngestStatements:
+    study: Any  # upsert, RETURNING the study's id
+    series: Any  # upsert (a no-op update for an existing one), RETURNING its id
+    new_instance: Any  # insert or nothing, RETURNING the new id
+    repeated_instance: Any  # update of a re-sent instance, RETURNING its id
+    count_instance: Any  # the study's instance count + 1
+
+
+@functools.cache
+def _statements(dialect: str) -> _IngestStatements:
+    """:func:`record_instance`'s statements for ``dialect``, with bound parameters: building them
+    per instance was a quarter of its CPU (SQLAlchemy's coercions, ~0.8 ms on PostgreSQL)."""
+    upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     study_t, series_t, instance_t = (
         cast(Table, model.__table__) for model in (Study, Series, Instance)
     )
-    aes = {"calling_ae": received.calling_ae, "called_ae": received.called_ae}
-    reopened = {"state": StudyState.RECEIVING, "last_received_at": now, **aes}
-    study_id: int = session.execute(
-        upsert(study_t)
-        .values(
-            study_instance_uid=received.study_instance_uid,
-            first_received_at=now,
-            instance_count=0,
-            **reopened,
-        )
-        .on_conflict_do_update(index_elements=[study_t.c.study_instance_uid], set_=reopened)
-        .returning(study_t.c.id)
-    ).scalar_one()
-
-    # The no-op update makes RETURNING give the id of an existing series too.
-    series_stmt = upsert(series_t).values(
-        study_id=study_id,
-        series_instance_uid=received.series_instance_uid,
-        modality=received.modality,
-        body_part_examined=received.body_part_examined,
+    study = upsert(study_t).values(
+        study_instance_uid=bindparam("study_uid"),
+        first_received_at=bindparam("now"),
+        instance_count=0,
+        state=StudyState.RECEIVING,
+        last_received_at=bindparam("now"),
+        calling_ae=bindparam("calling"),
+        called_ae=bindparam("called"),
     )
-    series_id: int = session.execute(
-        series_stmt.on_conflict_do_update(
-            index_elements=[series_t.c.series_instance_uid],
-            set_={"series_instance_uid": series_stmt.excluded.series_instance_uid},
-        ).returning(series_t.c.id)
-    ).scalar_one()
-
-    facts = {
-        "sop_class_uid": received.sop_class_uid,
-        "transfer_syntax_uid": received.transfer_syntax_uid,
-        "relative_path": received.relative_path,
-        "size_bytes": received.size_bytes,
-        "sha256": received.sha256,
-        "view_position": received.view_position,
-        "patient_age_years": received.patient_age_years,
-        "received_at": now,
+    reopened = {
+        name: study.excluded[name]
+        for name in ("state", "last_received_at", "calling_ae", "called_ae")
     }
-    instance_id: int | None = session.execute(
-        upsert(instance_t)
+    series = upsert(series_t).values(
+        study_id=bindparam("study"),
+        series_instance_uid=bindparam("series_uid"),
+        modality=bindparam("modality_value"),
+        body_part_examined=bindparam("body_part"),
+    )
+    facts: dict[str, Any] = {
+        "sop_class_uid": bindparam("sop_class"),
+        "transfer_syntax_uid": bindparam("syntax"),
+        "relative_path": bindparam("path"),
+        "size_bytes": bindparam("size"),
+        "sha256": bindparam("digest"),
+        "view_position": bindparam("view"),
+        "patient_age_years": bindparam("age"),
+        "received_at": bindparam("now"),
+    }
+    return _IngestStatements(
+        study=study.on_conflict_do_update(
+            index_elements=[study_t.c.study_instance_uid], set_=reopened
+        ).returning(study_t.c.id),
+        # The no-op update makes RETURNING give the id of an existing series too.
+        series=series.on_conflict_do_update(
+            index_elements=[series_t.c.series_instance_uid],
+            set_={"series_instance_uid": series.excluded.series_instance_uid},
+        ).returning(series_t.c.id),
+        new_instance=upsert(instance_t)
         .values(
-            series_id=series_id,
-            sop_instance_uid=received.sop_instance_uid,
+            series_id=bindparam("series"),
+            sop_instance_uid=bindparam("sop_uid"),
             received_count=1,
             **facts,
         )
         .on_conflict_do_nothing(index_elements=[instance_t.c.sop_instance_uid])
-        .returning(instance_t.c.id)
-    ).scalar_one_or_none()
-    duplicate = instance_id is None
-    if instance_id is None:
-        instance_id = session.execute(
-            update(instance_t)
-            .where(instance_t.c.sop_instance_uid == received.sop_instance_uid)
-            .values(received_count=instance_t.c.received_count + 1, **facts)
-            .returning(instance_t.c.id)
-        ).scalar_one()
-    else:
-        session.execute(
-            update(study_t)
-            .where(study_t.c.id == study_id)
-            .values(instance_count=study_t.c.instance_count + 1)
-        )
-    return RecordOutcome(instance_id=instance_id, study_id=study_id, duplicate=duplicate)
-
-
-def _insert_for(session: Session) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_update`` (PostgreSQL and SQLite)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql_insert
-    return sqlite_insert
+        .returning(instance_t.c.id),
+        repeated_instance=update(instance_t)
+        .where(instance_t.c.sop_instance_uid == bindparam("sop_uid"))
+        .values(received_count=instance_t.c.received_count + 1, **facts)
+        .returning(instance_t.c.id),
+        count_instance=update(study_t)
+        .where(study_t.c.id == bindparam("study"))
+        .values(instance_count=study_t.c.instance_count + 1),
+    )
 
 
 def record_ingest_failure(

@@ -65,6 +65,56 @@ def test_record_instance_is_idempotent_and_counts_resends(sessions: sessionmaker
         assert session.get(Instance, first.instance_id).received_count == 2  # type: ignore[union-attr]
 
 
+def test_a_late_arrival_reopens_the_study_and_a_resend_updates_the_instance(
+    sessions: sessionmaker[Session],
+) -> None:
+    with transaction(sessions) as session:
+        first = record_instance(RECEIVED, session=session)
+        session.execute(
+            Study.__table__.update().values(state=StudyState.COMPLETE)  # type: ignore[attr-defined]
+        )
+    with sessions() as session:
+        before = session.get(Study, first.study_id)
+        assert before is not None
+        first_seen, last_seen = before.first_received_at, before.last_received_at
+    resent = replace(
+        RECEIVED,
+        relative_path="instances/again.dcm",
+        size_bytes=20,
+        calling_ae="MODALITY",
+        called_ae="RADLIGHT2",
+        view_position="AP",
+    )
+    with transaction(sessions) as session:
+        again = record_instance(resent, session=session)
+        later = record_instance(
+            replace(resent, series_instance_uid="1.2.3.9", sop_instance_uid="1.2.3.9.1"),
+            session=session,
+        )
+    assert again.duplicate
+    assert (again.instance_id, again.study_id) == (first.instance_id, first.study_id)
+    assert not later.duplicate
+    assert later.study_id == first.study_id
+    with sessions() as session:
+        study = session.get(Study, first.study_id)
+        assert study is not None
+        # Re-opened for assembly, by the latest sender, first arrival kept.
+        assert study.state is StudyState.RECEIVING
+        assert (study.calling_ae, study.called_ae) == ("MODALITY", "RADLIGHT2")
+        assert study.first_received_at == first_seen
+        assert study.last_received_at >= last_seen
+        assert study.instance_count == 2
+        instance = session.get(Instance, first.instance_id)
+        assert instance is not None
+        assert (instance.received_count, instance.relative_path, instance.size_bytes) == (
+            2,
+            "instances/again.dcm",
+            20,
+        )
+        assert instance.view_position == "AP"
+        assert session.scalar(select(func.count()).select_from(Instance)) == 2
+
+
 def test_quiet_studies_waits_for_silence(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as session:
         record_instance(RECEIVED, session=session)
