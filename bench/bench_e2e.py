@@ -19,6 +19,10 @@ Configurations (each a before → after of the optimisations in docs/PERFORMANCE
 - ``inline`` (the default configuration): as ``expected``, and the job's worker sends its results
   itself over a kept-open association (TCP_NODELAY), all in one association.
 
+The studies are copies of the real 1024² 8-bit NIH DICOM; ``--size 2048`` sends it resampled to
+a 12-bit 2048² DX (8.4 MB, issue 8's reference image, made as ``bench/bench_ingest.py`` makes its
+instances) instead.
+
 Run: ``python bench/bench_e2e.py`` (``--studies 20 --backends postgresql sqlite``).
 """
 
@@ -26,7 +30,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import pydicom
+
+from bench.bench_ingest import make_instances
 from bench.stack import (
+    SOURCE,
     build_models,
     delivered_at,
     first_received,
@@ -68,7 +76,15 @@ CONFIGS: dict[str, tuple[int | None, dict[str, str]]] = {
 }
 
 
-def run(workdir: Path, models: Path, backend: str, config: str, count: int) -> None:
+def studies(folder: Path, count: int, size: int) -> list[tuple[str, Path]]:
+    """``count`` single-image studies: the real image as it is (``size`` 0) or resampled."""
+    if not size:
+        return make_studies(folder, count)
+    paths = make_instances(SOURCE, size, count, folder)
+    return [(str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID), p) for p in paths]
+
+
+def run(workdir: Path, models: Path, backend: str, config: str, count: int, size: int) -> None:
     expected, settings = CONFIGS[config]
     quiet = 0.0 if expected is not None else QUIET_S
     with full_stack(
@@ -82,7 +98,7 @@ def run(workdir: Path, models: Path, backend: str, config: str, count: int) -> N
         latencies: list[float] = []
         sends: list[float] = []
         uids: list[str] = []
-        for study_uid, path in make_studies(workdir / "studies", count):
+        for study_uid, path in studies(workdir / "studies", count, size):
             start = now()
             stack.send(path)
             done = wait_for(
@@ -115,8 +131,12 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--backends", nargs="+", default=["postgresql", "sqlite"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--size", type=int, default=0, help="resample to a SIZE² 12-bit DX (0: the 1024² original)"
+    )
     args = parser.parse_args()
-    print(f"# end to end, single-image studies one at a time; {machine()}")
+    what = f"{args.size}² 12-bit DX" if args.size else "the 1024² 8-bit NIH DICOM"
+    print(f"# end to end, single-image studies ({what}) one at a time; {machine()}")
     print(f"# quiet period {QUIET_S} s, subtracted from latencies where it applies ('quiet')")
     print("# milliseconds; stage columns are medians of Job.stage_ms ('assemble' less the quiet)")
     header = ["backend", "config", "studies", "p50", "p95", "send", *STAGES, "in Orthanc"]
@@ -127,7 +147,7 @@ def main() -> int:
         models = build_models(root)
         for backend in args.backends:
             for config in args.configs:
-                run(root / f"{backend}-{config}", models, backend, config, args.studies)
+                run(root / f"{backend}-{config}", models, backend, config, args.studies, args.size)
     return 0
 
 
