@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     overlays_per_image: int = Field(
         default=3, ge=0, le=14, description="SC overlays for the top present findings per image."
     )
+    overlay_max_side: int = Field(
+        default=1024,
+        ge=0,
+        le=8192,
+        description="Longest side in pixels of the Secondary Capture overlays: a larger source "
+        "is shown reduced in them (its heatmaps come from a 7x7 map; a full-size RGB overlay of "
+        "a 3000 px CR is 27 MB). The SR, SEG and GSPS keep the source's coordinates. 0: the "
+        "source's own size.",
+    )
     default_threshold: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Operating threshold where a card sets none."
     )

@@ -65,6 +65,7 @@ class ResultOptions:
     segmentation: bool = False
     presentation_state: bool = False
     jpeg_copies: bool = False  # some destination wants lossy JPEG Secondary Captures
+    overlay_max_side: int | None = None  # the SCs' longest side; None: the source's size
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ def build_image_results(
                     instance_number=overlay_counts[encoding],
                     content_datetime=when,
                     transfer_syntax_uid=syntax,
+                    max_side=options.overlay_max_side,
                 )
                 results.append(
                     BuiltResult(
@@ -277,6 +279,7 @@ def build_image_results(
                 instance_number=index + 1,
                 content_datetime=when,
                 transfer_syntax_uid=syntax,
+                max_side=options.overlay_max_side,
             )
             present = [f.score.label for f in findings.present()]
             results.append(

@@ -41,12 +41,16 @@ def ground_report(
     image: AnalysedImage,
     text: str,
     report: Dataset | None,
+    overlay_max_side: int | None = None,
 ) -> list[BuiltResult]:
     """Ground every sentence of ``text`` on ``image`` with ``entry``'s classifier and build the
-    results; ``report`` is the SR the text came from (None for posted text)."""
+    results; ``report`` is the SR the text came from (None for posted text), ``overlay_max_side``
+    caps the SCs' size as for the findings' (``ResultOptions``)."""
     unit = image.display.astype(np.float32) / np.float32(255)
     phrases = grounder_for(entry).ground(unit, text)
-    return build_grounded_results(job, algorithm_of(entry), image, text, phrases, report)
+    return build_grounded_results(
+        job, algorithm_of(entry), image, text, phrases, report, overlay_max_side
+    )
 
 
 def build_grounded_results(
@@ -56,6 +60,7 @@ def build_grounded_results(
     text: str,
     phrases: Sequence[GroundedPhrase],
     report: Dataset | None,
+    overlay_max_side: int | None = None,
 ) -> list[BuiltResult]:
     """An SC per sentence with a region (its phrases' heatmaps, the highest per pixel) and the
     grounded-report SR listing every sentence; linked as one job's objects."""
@@ -78,6 +83,7 @@ def build_grounded_results(
             series_number=GROUNDED_SC_SERIES_NUMBER,
             instance_number=number,
             content_datetime=job.created_at,
+            max_side=overlay_max_side,
         )
         findings = sorted({f for p in sentence.regions for f in p.phrase.findings})
         results.append(

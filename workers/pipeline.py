@@ -95,6 +95,7 @@ def _options(route: Route, ctx: WorkerContext) -> ResultOptions:
         jpeg_copies=any(
             d.enabled and d.sc_encoding is SCEncoding.JPEG_BASELINE for d in route.destinations
         ),
+        overlay_max_side=ctx.settings.overlay_max_side or None,
     )
 
 
@@ -358,11 +359,22 @@ def _analyse(
     image = read.analysed[0]
     if inputs.posted_report is not None:
         with clock.stage("build"):
-            return ground_report(inputs.identity, entry, image, inputs.posted_report, None)
+            return ground_report(
+                inputs.identity,
+                entry,
+                image,
+                inputs.posted_report,
+                None,
+                inputs.options.overlay_max_side,
+            )
     built = analyse(inputs.identity, entry, read.analysed, inputs.options, clock)
     with clock.stage("build"):
         for report, text in read.reports:
-            built.extend(ground_report(inputs.identity, entry, image, text, report))
+            built.extend(
+                ground_report(
+                    inputs.identity, entry, image, text, report, inputs.options.overlay_max_side
+                )
+            )
     return built
 
 

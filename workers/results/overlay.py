@@ -320,6 +320,50 @@ def compose_overlay(
     return pixels
 
 
+@dataclass(frozen=True)
+class Reduction:
+    """How a source image is shown in an overlay: its shape there, and the factors that take a
+    point in source pixels (x, y) to overlay pixels."""
+
+    shape: tuple[int, int]
+    x_scale: float = 1.0
+    y_scale: float = 1.0
+
+    @property
+    def reduced(self) -> bool:
+        return self.x_scale != 1.0 or self.y_scale != 1.0
+
+
+def reduction_for(shape: tuple[int, int], max_side: int | None) -> Reduction:
+    """The overlay's shape for a source of ``shape``: the same, or scaled down (aspect kept) so
+    that its longest side is ``max_side`` pixels."""
+    rows, cols = shape
+    if max_side is None or max(rows, cols) <= max_side:
+        return Reduction(shape)
+    factor = max_side / max(rows, cols)
+    reduced = (max(1, round(rows * factor)), max(1, round(cols * factor)))
+    return Reduction(reduced, reduced[1] / cols, reduced[0] / rows)
+
+
+def reduce_grey(image: NDArray[np.uint8], reduction: Reduction) -> NDArray[np.uint8]:
+    """``image`` at the reduction's shape, each pixel the mean of the source pixels it covers."""
+    if not reduction.reduced:
+        return image
+    rows, cols = reduction.shape
+    resized = Image.fromarray(image).resize((cols, rows), Image.Resampling.BOX)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def reduce_heatmap(heatmap: NDArray[np.floating], reduction: Reduction) -> NDArray[np.float32]:
+    """A [0, 1] heatmap at the reduction's shape (area means, so still within [0, 1])."""
+    values = np.asarray(heatmap, dtype=np.float32)
+    if not reduction.reduced:
+        return values
+    rows, cols = reduction.shape
+    resized = Image.fromarray(values).resize((cols, rows), Image.Resampling.BOX)  # mode F
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
 def with_band(shape: tuple[int, ...], band: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """An RGB pixel matrix of an image of ``shape`` with ``band`` already in its last rows; the
     image's rows are left for the caller to fill (no concatenation of a 3 MB image)."""

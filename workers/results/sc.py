@@ -53,6 +53,9 @@ from workers.results.overlay import (
     grey_to_rgb,
     outline_width_for,
     pixel_box,
+    reduce_grey,
+    reduce_heatmap,
+    reduction_for,
     render_summary_legend,
     with_band,
 )
@@ -123,6 +126,24 @@ def _check_transfer_syntax(value: object) -> str:
             f"({ExplicitVRLittleEndian}) or JPEG Baseline ({JPEGBaseline8Bit})"
         )
     return value
+
+
+def _check_max_side(max_side: object) -> int | None:
+    if max_side is None:
+        return None
+    return check_positive_int(max_side, "max_side")
+
+
+def _size_note(source_shape: tuple[int, int], shape: tuple[int, int]) -> tuple[str, str]:
+    """How the derivation names the image under the colours and the pixels the legend follows:
+    the source as it is, or reduced (the SR, SEG and GSPS keep the source's coordinates)."""
+    if shape == source_shape:
+        return "the source image", "the source pixels"
+    return (
+        f"the source image reduced from {source_shape[1]}x{source_shape[0]} to "
+        f"{shape[1]}x{shape[0]} pixels",
+        "the reduced image",
+    )
 
 
 def _check_common(
@@ -231,6 +252,7 @@ def build_heatmap_overlay(
     content_datetime: datetime.datetime | None = None,
     body_part_examined: str | None = None,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
+    max_side: int | None = None,
 ) -> hd.sc.SCImage:
     """An RGB Secondary Capture of ``display_image`` with ``heatmap`` blended in and a legend band.
 
@@ -243,7 +265,9 @@ def build_heatmap_overlay(
     ``body_part_examined`` defaults to the source's, else ``DEFAULT_BODY_PART``; the source's
     Laterality is copied when it has one (a chest is unpaired, so none is needed).
     ``transfer_syntax_uid`` is Explicit VR Little Endian (lossless, the default) or JPEG Baseline
-    (lossy: Lossy Image Compression "01" with its ratio and method).
+    (lossy: Lossy Image Compression "01" with its ratio and method). ``max_side``, if given,
+    caps the image's longest side: a larger source is shown reduced (area means), which the
+    derivation description says; None keeps the source's size.
     """
     if not isinstance(finding, FindingScore):
         raise TypeError("finding must be a FindingScore")
@@ -268,6 +292,7 @@ def build_heatmap_overlay(
         content_datetime=content_datetime,
         body_part_examined=body_part_examined,
         transfer_syntax_uid=transfer_syntax_uid,
+        max_side=max_side,
     )
 
 
@@ -284,6 +309,7 @@ def build_sentence_overlay(
     series_number: int,
     instance_number: int,
     content_datetime: datetime.datetime | None = None,
+    max_side: int | None = None,
 ) -> hd.sc.SCImage:
     """Like :func:`build_heatmap_overlay`, for one sentence of the radiologist's report: the
     region the sentence speaks of blended over the source, the sentence in the legend."""
@@ -309,6 +335,7 @@ def build_sentence_overlay(
         content_datetime=content_datetime,
         body_part_examined=None,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        max_side=max_side,
     )
 
 
@@ -330,6 +357,7 @@ def _blended_overlay(
     content_datetime: datetime.datetime | None,
     body_part_examined: str | None,
     transfer_syntax_uid: str,
+    max_side: int | None,
 ) -> hd.sc.SCImage:
     """The checked inputs, the blended pixels with their legend, and the SC around them."""
     check_source_image(source)
@@ -348,16 +376,20 @@ def _blended_overlay(
         instance_number=instance_number,
         transfer_syntax_uid=transfer_syntax_uid,
     )
+    reduction = reduction_for(expected_shape, _check_max_side(max_side))
     when = resolve_content_datetime(content_datetime)
     body_part = _body_part(body_part_examined, source)
 
-    pixels = compose_overlay(image, scores, legend)
-    band_rows = pixels.shape[0] - expected_shape[0]
+    pixels = compose_overlay(
+        reduce_grey(image, reduction), reduce_heatmap(scores, reduction), legend
+    )
+    band_rows = pixels.shape[0] - reduction.shape[0]
+    shown, below = _size_note(expected_shape, reduction.shape)
     derivation = (
         f"{what} made by "
         f"{algorithm.title} (model sha256 {algorithm.sha256}) with RadLight "
-        f"{algorithm.software_version}, blended in colour over the source image; a legend "
-        f"band of {band_rows} rows is appended below the source pixels. "
+        f"{algorithm.software_version}, blended in colour over {shown}; a legend "
+        f"band of {band_rows} rows is appended below {below}. "
         f"{AI_RESULT_WARNING}."
     )
     return _secondary_capture(
@@ -411,6 +443,7 @@ def build_summary_overlay(
     max_findings: int = 5,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     body_part_examined: str | None = None,
+    max_side: int | None = None,
 ) -> hd.sc.SCImage:
     """One RGB Secondary Capture per source: every present finding's region outlined in its colour.
 
@@ -420,12 +453,15 @@ def build_summary_overlay(
     top. A legend band below lists each with its colour swatch, score and threshold, then the
     model and the warning; with no finding present it says ``NO_FINDING_TEXT`` and the image is
     still made, so the radiologist sees that the image was analysed. A present finding without
-    a region is listed without a swatch. Other arguments as for ``build_heatmap_overlay``.
+    a region is listed without a swatch. Other arguments as for ``build_heatmap_overlay``
+    (``max_side``: the regions are outlined where they fall on the reduced image).
     """
     if not isinstance(image, ImageFindings):
         raise TypeError("image must be an ImageFindings")
     source = check_source_image(image.source, "image.source")
-    display = check_display_image(image.display)
+    full = check_display_image(image.display)
+    reduction = reduction_for(full.shape, _check_max_side(max_side))
+    display = reduce_grey(full, reduction)
     _check_common(
         algorithm=algorithm,
         series_instance_uid=series_instance_uid,
@@ -454,8 +490,10 @@ def build_summary_overlay(
     for finding, colour in reversed(outlined):
         if finding.region is None:
             continue
-        region = finding.region
-        box = pixel_box((region.x0, region.y0, region.x1, region.y1), display.shape)
+        region, sx, sy = finding.region, reduction.x_scale, reduction.y_scale
+        box = pixel_box(
+            (region.x0 * sx, region.y0 * sy, region.x1 * sx, region.y1 * sy), display.shape
+        )
         if box is not None:
             draw_outline(rgb, box, colour.rgb, width)
 
@@ -470,12 +508,13 @@ def build_summary_overlay(
     comments = (
         f"{listed}; {algorithm.title}; model sha256 {algorithm.sha256_prefix}; {AI_RESULT_WARNING}"
     )
+    shown, below = _size_note(full.shape, display.shape)
     derivation = (
         f"Summary of the findings at or above their operating thresholds made by "
         f"{algorithm.title} (model sha256 {algorithm.sha256}) with RadLight "
         f"{algorithm.software_version}: each finding's region (the box around its heatmap's "
-        f"hot area) is outlined in its colour on the source image ({listed}); a legend band "
-        f"of {band.shape[0]} rows is appended below the source pixels. {AI_RESULT_WARNING}."
+        f"hot area) is outlined in its colour on {shown} ({listed}); a legend band "
+        f"of {band.shape[0]} rows is appended below {below}. {AI_RESULT_WARNING}."
     )
     return _secondary_capture(
         source=source,
