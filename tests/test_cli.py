@@ -72,6 +72,10 @@ def test_bad_input_gets_a_clear_error_and_an_exit_code(tmp_path: Path) -> None:
     assert bad_port.returncode == 2
     assert "dicom_port" in bad_port.stderr
 
+    bad_cap = run("status", RADLIGHT_OVERLAY_MAX_SIDE="-1")
+    assert bad_cap.returncode == 2
+    assert "overlay_max_side" in bad_cap.stderr
+
     bad_ae = run("status", RADLIGHT_AE_TITLE="A\\B")
     assert bad_ae.returncode == 2
     assert "AE title" in bad_ae.stderr
