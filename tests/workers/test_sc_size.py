@@ -11,7 +11,11 @@ import pydicom
 import pytest
 from PIL import Image
 
+from db.models import JobState, ResultKind
+from models.export import BuiltModel
 from tests.dicom_io import to_bytes
+from tests.workers.conftest import copy_with_new_uids, receive
+from tests.workers.test_pipeline import make_job, results_of, sop_uid
 from tests.workers.test_sc_summary import (
     ALGORITHM,
     WHEN,
@@ -20,6 +24,8 @@ from tests.workers.test_sc_summary import (
     read_strict,
     synthetic_findings,
 )
+from workers.context import WorkerContext
+from workers.pipeline import run_job
 from workers.results.overlay import (
     SUMMARY_PALETTE,
     compose_overlay,
@@ -28,7 +34,12 @@ from workers.results.overlay import (
     reduction_for,
 )
 from workers.results.regions import HeatmapRegion, ImageFindings
-from workers.results.sc import build_heatmap_overlay, build_summary_overlay, legend_text
+from workers.results.sc import (
+    build_heatmap_overlay,
+    build_sentence_overlay,
+    build_summary_overlay,
+    legend_text,
+)
 
 ROWS, COLUMNS = 2048, 1536
 
@@ -138,6 +149,29 @@ def test_a_source_within_the_cap_gives_the_same_bytes_as_no_cap(
     assert "reduced" not in overlay(image, 1024).DerivationDescription
 
 
+def test_a_report_sentence_overlay_is_reduced_alike(large_source: pydicom.Dataset) -> None:
+    image = synthetic_findings(large_source)
+    top = image.present()[0]
+    assert top.heatmap is not None
+    built = build_sentence_overlay(
+        source=image.source,
+        display_image=image.display,
+        heatmap=top.heatmap,
+        sentence="The cardiac silhouette is enlarged.",
+        sentence_number=1,
+        algorithm=ALGORITHM,
+        series_instance_uid="1.2.826.0.1.3680043.8.498.5",
+        sop_instance_uid="1.2.826.0.1.3680043.8.498.6",
+        series_number=9909,
+        instance_number=1,
+        content_datetime=WHEN,
+        max_side=1024,
+    )
+    sc = read_strict(to_bytes(built))
+    assert int(sc.Columns) == 768
+    assert "reduced from 1536x2048 to 768x1024 pixels" in sc.DerivationDescription
+
+
 @pytest.mark.parametrize("bad", [0, -5, 1.5, "1024", True])
 def test_a_bad_cap_is_refused(large_source: pydicom.Dataset, bad: object) -> None:
     image = synthetic_findings(large_source)
@@ -150,3 +184,21 @@ def test_the_reduced_overlay_passes_dciodvfy(large_source: pydicom.Dataset, tmp_
     for name, sc in (("overlay", overlay(image, 1024)), ("summary", summary(image, 1024))):
         errors, output = dciodvfy_errors(to_bytes(sc), tmp_path / f"{name}.dcm")
         assert errors == [], output
+
+
+def test_the_worker_caps_a_large_studys_overlays_by_its_setting(
+    ctx: WorkerContext, tiny_model: BuiltModel, large_source: pydicom.Dataset
+) -> None:
+    assert ctx.settings.overlay_max_side == 1024  # the default
+    source = copy_with_new_uids(large_source)
+    outcome = receive(ctx, source)
+    job_id = make_job(ctx, outcome.study_id, [sop_uid(source)], model_name=tiny_model.card.name)
+    assert run_job(job_id, ctx) is JobState.SUCCEEDED
+    overlays = [
+        r for r in results_of(ctx) if r.kind in (ResultKind.HEATMAP_SC, ResultKind.SUMMARY_SC)
+    ]
+    assert overlays
+    for result in overlays:
+        sc = pydicom.dcmread(ctx.store.absolute(result.relative_path))
+        assert int(sc.Columns) == 768, result.kind
+        assert "reduced from 1536x2048" in sc.DerivationDescription
