@@ -24,6 +24,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from db.models import Destination
+from dicom_node.sending import write_stores_directly
 from dicom_node.status import (
     TRANSIENT_FAILURES,
     is_out_of_resources,
@@ -149,6 +150,7 @@ def _associate(
             f"no association with {peer.ae_title} at {peer.host}:{peer.port}"
             + (" (TLS handshake or certificate refused?)" if peer.tls else "")
         )
+    write_stores_directly(assoc)
     return assoc
 
 
@@ -197,7 +199,11 @@ def _store(peer: Peer, assoc: Association, item: Outgoing) -> int:
         )
     response = _send_c_store(assoc, item, syntax)
     if not response or "Status" not in response:
-        raise TransientDeliveryError("no C-STORE response (association aborted or timed out)")
+        write_error = getattr(assoc.dimse, "write_error", None)
+        raise TransientDeliveryError(
+            "no C-STORE response (association aborted or timed out)"
+            + (f": sending failed: {write_error}" if write_error else "")
+        )
     status = int(response.Status)
     if is_success_or_warning(status):
         return status

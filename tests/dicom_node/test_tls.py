@@ -14,6 +14,7 @@ from db.models import Destination, Instance
 from dicom_node.echo import echo
 from dicom_node.node import DicomNode
 from dicom_node.scu import Peer, send_file
+from dicom_node.sending import DirectStoreDIMSE
 from dicom_node.status import STATUS_SUCCESS
 from dicom_node.tls import TlsClient
 from radlight.errors import ConfigurationError, PermanentDeliveryError, TransientDeliveryError
@@ -60,8 +61,13 @@ def _dcmtk(tool: str, node: DicomNode, pki: Pki, *args: str, tls: bool = True) -
 
 
 def test_tls_echo_and_store_work_with_the_right_ca_and_client_certificate(
-    tls_node: DicomNode, pki: Pki, real_dicom_files: list[Path]
+    tls_node: DicomNode, pki: Pki, real_dicom_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def no_direct_writes(*args: object) -> None:
+        raise AssertionError("a C-STORE was written around pynetdicom's TLS socket")
+
+    # Over TLS the SCU's requests go through pynetdicom's reactor (dicom_node/sending.py).
+    monkeypatch.setattr(DirectStoreDIMSE, "_write_pdus", no_direct_writes)
     trusted = TlsClient(
         ca_file=str(pki.ca), cert_file=str(pki.client.cert), key_file=str(pki.client.key)
     )
