@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -200,6 +200,30 @@ class InstanceStore:
         except (OSError, StoreError):
             return None
         return relative
+
+    def drop_cached(self, paths: Iterable[Path]) -> None:
+        """Let the kernel drop these files' pages from the page cache (``POSIX_FADV_DONTNEED``).
+
+        For files written once and read once, like a job's results once they are sent: kept
+        cached they push out pages that are read again, and the next job's writes need pages of
+        their own. On a VM whose guest has not touched its memory yet, each such page costs the
+        host a fault (4 MB into fresh pages: 9.5 ms of CPU; into pages just dropped: 0.7 ms).
+        Their contents stay on disk: a later read (a retry, the API) reads them from there. Best
+        effort: a file that is gone, or a system without the call, is skipped."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def read(self, relative_path: str) -> bytes:
         try:

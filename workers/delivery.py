@@ -60,6 +60,7 @@ def deliver_result(delivery_id: int, ctx: WorkerContext) -> DeliveryOutcome:
         mark_delivery(
             session=session, delivery_id=delivery_id, state=DeliveryState.SENT, status=status
         )
+    ctx.store.drop_cached([path])
     logger.info("delivery %d sent to %s (status 0x%04X)", delivery_id, peer.ae_title, status)
     return DeliveryOutcome(state=DeliveryState.SENT)
 

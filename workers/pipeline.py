@@ -387,6 +387,7 @@ def _deliver(
     if ctx.settings.delivery_inline and to_send:
         with clock.stage("deliver"):
             queued = deliver_job_results(to_send, ctx)
+        ctx.store.drop_cached(dict.fromkeys(item.path for _, item in to_send))
         try:
             with transaction(ctx.sessions) as session:
                 record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())

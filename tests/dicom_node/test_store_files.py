@@ -8,6 +8,7 @@ import pytest
 
 from dicom_node.store import InstanceStore
 from radlight.errors import StoreError
+from tests.page_cache import cached_pages
 
 
 def _bytes(data: bytes) -> Callable[[BinaryIO], None]:
@@ -43,3 +44,17 @@ def test_a_failing_writer_leaves_no_partial_file(tmp_path: Path) -> None:
     assert store.read(first) == b"whole"
     assert not store.absolute(second).exists()
     assert [p.name for p in store.absolute(second).parent.iterdir()] == ["2.25.3.dcm"]
+
+
+def test_dropped_files_leave_the_page_cache_and_stay_on_disk(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store")
+    relative = store.result_path("2.25.1", "2.25.2", "2.25.3")
+    data = bytes(range(256)) * 4096  # 1 MiB
+    store.write_files([(relative, _bytes(data))])
+    path = store.absolute(relative)
+    assert cached_pages(path) > 0  # just written: still cached
+
+    store.drop_cached([path, tmp_path / "gone.dcm"])  # a missing file is skipped
+
+    assert cached_pages(path) == 0
+    assert store.read(relative) == data

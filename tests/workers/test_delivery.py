@@ -33,6 +33,7 @@ from dicom_node.status import (
     STATUS_SUCCESS,
 )
 from radlight.settings import Settings
+from tests.page_cache import cached_pages
 from tests.peers import free_port, require_tools, run_orthanc, wait_for
 from tests.workers.conftest import copy_with_new_uids, receive, worker_settings
 from tests.workers.test_sc_summary import heatmap_overlay_for, synthetic_findings
@@ -193,6 +194,11 @@ def test_delivery_to_orthanc_is_sent_and_not_sent_twice(
         assert (row.state, row.attempts, row.last_status) == (DeliveryState.SENT, 1, STATUS_SUCCESS)
         assert row.sent_at is not None
         assert row.reason is None
+        with ctx.sessions() as session:
+            result = session.scalars(
+                select(Result).where(Result.sop_instance_uid == item.sop_instance_uid)
+            ).one()
+        assert cached_pages(ctx.store.absolute(result.relative_path)) == 0  # sent: dropped
         instances = orthanc.get("/instances?expand")
         assert [i["MainDicomTags"]["SOPInstanceUID"] for i in instances] == [item.sop_instance_uid]
 

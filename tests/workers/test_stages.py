@@ -33,6 +33,7 @@ from radlight.stages import STAGES
 from services.app import create_app
 from services.security import hash_password, issue_token, load_secret_key
 from tests.brokers import folder_messages
+from tests.page_cache import cached_pages
 from tests.peers import free_port
 from tests.workers.conftest import copy_with_new_uids, receive, worker_context
 from tests.workers.test_pipeline import get_job, make_job, sop_uid
@@ -128,6 +129,13 @@ def test_every_stage_is_recorded_and_results_go_over_one_kept_association(
         assert sorted(pacs.received) == sorted(sent_uids)
         assert folder_messages(ctx.settings.queue_dir, QUEUE_DELIVERY) == []
         assert (ctx.sender.opened, pacs.associations) == (1, 1)  # the job's results, together
+        with ctx.sessions() as session:
+            files = [
+                ctx.store.absolute(d.result.relative_path)
+                for d in session.scalars(select(Delivery))
+            ]
+        # Sent results are written once and read once: the worker lets the kernel drop them.
+        assert [cached_pages(f) for f in files] == [0] * len(files)
 
         job = get_job(ctx, job_id)
         assert job.stage_ms is not None
