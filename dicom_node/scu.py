@@ -24,6 +24,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from db.models import Destination
+from dicom_node.scu_reactors import quiet_reactors
 from dicom_node.sending import write_stores_directly
 from dicom_node.status import (
     TRANSIENT_FAILURES,
@@ -104,10 +105,24 @@ class NoDelayAE(AE):
         address: AddressInformation,
         tls_args: tuple[SSLContext, str] | None,
     ) -> AssociationSocket:
+        self._prepare(assoc)
         sock = super()._create_socket(assoc, address, tls_args)
         if sock.socket is not None:
             sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+    def _prepare(self, assoc: Association) -> None:
+        """Adjust a new association before its threads start."""
+
+
+class SenderAE(NoDelayAE):
+    """The SCU's AE: TCP_NODELAY, C-STORE requests written by the sending thread
+    (:mod:`dicom_node.sending`), and reactor threads that wait instead of polling when idle
+    (:mod:`dicom_node.scu_reactors`)."""
+
+    def _prepare(self, assoc: Association) -> None:
+        quiet_reactors(assoc)
+        write_stores_directly(assoc)
 
 
 def _associate(
@@ -115,7 +130,7 @@ def _associate(
 ) -> Association:
     """An established association proposing ``contexts`` (SOP class → transfer syntaxes, one
     context per compressed syntax), or a DeliveryError saying why not."""
-    ae = NoDelayAE(ae_title=calling_ae)
+    ae = SenderAE(ae_title=calling_ae)
     ae.acse_timeout = timeout_s
     ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s
@@ -150,7 +165,6 @@ def _associate(
             f"no association with {peer.ae_title} at {peer.host}:{peer.port}"
             + (" (TLS handshake or certificate refused?)" if peer.tls else "")
         )
-    write_stores_directly(assoc)
     return assoc
 
 

@@ -6,7 +6,7 @@ transient error that says why, instead of a hang."""
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -37,19 +37,37 @@ class Receiver:
     stores: list[bytes] = field(default_factory=list)  # each data set as it came
     p_data_lengths: list[int] = field(default_factory=list)  # PDU length field of each P-DATA-TF
     release: threading.Event = field(default_factory=threading.Event)
+    released: int = 0  # associations the requestor released
+    ae: AE | None = None
 
 
 @contextlib.contextmanager
 def receiver(
-    sop_class: str, *, max_pdu: int = MAX_PDU, drop_after: int = 0, stall_after: int = 0
+    sop_class: str,
+    *,
+    max_pdu: int = MAX_PDU,
+    drop_after: int = 0,
+    stall_after: int = 0,
+    syntaxes: Sequence[str] = ALL_TRANSFER_SYNTAXES,
+    **ae_attributes: Any,
 ) -> Iterator[Receiver]:
-    """A pynetdicom storage SCP taking ``sop_class``. After ``drop_after`` P-DATA-TF PDUs it
-    closes the connection; after ``stall_after`` it stops reading until ``release`` is set."""
+    """A pynetdicom storage SCP taking ``sop_class`` in ``syntaxes``. After ``drop_after``
+    P-DATA-TF PDUs it closes the connection; after ``stall_after`` it stops reading until
+    ``release`` is set. ``ae_attributes`` are set on its AE (e.g. ``network_timeout``)."""
     ae = AE(ae_title="PEER")
     ae.maximum_pdu_size = max_pdu
-    ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    for name, value in ae_attributes.items():
+        setattr(ae, name, value)
+    ae.add_supported_context(sop_class, list(syntaxes))
     ae.add_supported_context(Verification)
-    peer = Receiver(free_port())
+    peer = Receiver(free_port(), ae=ae)
+
+    def on_released(event: Event) -> None:
+        peer.released += 1
+
+    def on_established(event: Event) -> None:
+        # At its network timeout the SCP releases an idle association (pynetdicom aborts).
+        event.assoc.network_timeout_response = "A-RELEASE"
 
     def on_store(event: Event) -> int:
         data = event.request.DataSet  # type: ignore[union-attr]  # a C-STORE event
@@ -72,6 +90,8 @@ def receiver(
     handlers: list[evt.EventHandlerType] = [
         (evt.EVT_C_STORE, on_store),
         (evt.EVT_PDU_RECV, on_pdu),
+        (evt.EVT_RELEASED, on_released),
+        (evt.EVT_ESTABLISHED, on_established),
     ]
     server = ae.start_server(("127.0.0.1", peer.port), block=False, evt_handlers=handlers)
     assert server is not None
