@@ -1,6 +1,7 @@
 """The fast ingest path: chunked receive into the store, header-only checks, socket options,
 several listener processes on one port. Speed itself is measured in bench/bench_ingest.py."""
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -131,8 +132,19 @@ def test_accepted_sockets_have_tcp_nodelay(node: DicomNode) -> None:
     assert assoc.is_established
     try:
         server = node._server
-        accepted = wait_for(lambda: server.active_associations, timeout=10, what="the acceptor")
-        sock = accepted[0].dul.socket.socket
+        ours = assoc.dul.socket.socket.getsockname()  # type: ignore[union-attr]
+
+        def accepted_socket() -> socket.socket | None:
+            # The acceptor of this association: the node may still hold earlier tests' ones,
+            # being torn down, their sockets already gone.
+            for acceptor in server.active_associations:
+                sock: socket.socket | None = getattr(acceptor.dul.socket, "socket", None)
+                with contextlib.suppress(OSError):
+                    if sock is not None and sock.getpeername() == ours:
+                        return sock
+            return None
+
+        sock = wait_for(accepted_socket, timeout=10, what="the acceptor")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         assoc.release()
