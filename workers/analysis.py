@@ -38,6 +38,7 @@ from workers.results import (
     build_summary_overlay,
 )
 from workers.results.links import JobStep, ReportReference, link_job_objects
+from workers.results.overlay import reduction_for
 from workers.results.regions import FindingResult, ImageFindings, heatmap_region
 
 SC_SERIES_NUMBER = 9901
@@ -118,12 +119,15 @@ def _finding_results(
     geometry: CropGeometry,
     options: ResultOptions,
 ) -> ImageFindings:
-    """Each label's score and threshold; a region for every present finding; a full-size heatmap
-    only for the findings that ``build_results`` draws (:func:`_drawn`).
+    """Each label's score and threshold; a region for every present finding; a heatmap only for
+    the findings that ``build_results`` draws (:func:`_drawn`).
 
     A region is found on the CAM laid over the image without making the whole map
     (``models.cam.ImageCam`` read on a coarse grid and a few bands, the same box as from the full
     map); making a 1024² map for each of 14 present findings was most of this stage's time.
+    The drawn heatmaps are made at the size the overlays show the image (``overlay_max_side``),
+    not at the source's to be reduced after: the same CAM sampled at the overlay's pixels. A SEG
+    needs them at the source's size, so with one they are made full size.
     """
     findings: list[FindingResult] = []
     cams: dict[str, ImageCam] = {}
@@ -138,6 +142,13 @@ def _finding_results(
             findings.append(FindingResult(score, threshold))
     scored = ImageFindings(source=image.source, display=image.display, findings=findings)
     drawn = {finding.score.label for finding in _drawn(scored, options)}
+    shown = reduction_for(image.display.shape, options.overlay_max_side)
+    if shown.reduced and not options.segmentation:
+        cams = {
+            label: ImageCam.of(heatmaps[k], geometry, shown.shape)
+            for k, label in enumerate(spec.name for spec in entry.card.labels)
+            if label in drawn
+        }
     return ImageFindings(
         source=image.source,
         display=image.display,

@@ -4,6 +4,7 @@ derivation says so; a source within the cap gives the same bytes as with no cap.
 real NIH chest X-ray resampled to 2048 x 1536 (12-bit DX, as a CR of that size would come).
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from tests.workers.test_sc_summary import (
     read_strict,
     synthetic_findings,
 )
+from workers.analysis import AnalysedImage, ResultOptions, run_model
 from workers.context import WorkerContext
+from workers.imaging import load_frontal_chest
 from workers.pipeline import run_job
 from workers.results.overlay import (
     SUMMARY_PALETTE,
@@ -202,3 +205,56 @@ def test_the_worker_caps_a_large_studys_overlays_by_its_setting(
         sc = pydicom.dcmread(ctx.store.absolute(result.relative_path))
         assert int(sc.Columns) == 768, result.kind
         assert "reduced from 1536x2048" in sc.DerivationDescription
+
+
+def test_a_heatmap_made_at_the_overlays_size_is_blended_as_it_is(
+    large_source: pydicom.Dataset,
+) -> None:
+    """The worker makes a drawn heatmap at the overlay's size; the SC uses it without resampling,
+    and gives the pixels that the full-size map reduced would have."""
+    image = synthetic_findings(large_source)
+    top = image.present()[0]
+    assert top.heatmap is not None
+    reduction = reduction_for((ROWS, COLUMNS), 1024)
+    small = reduce_heatmap(top.heatmap, reduction)
+    assert small.shape == (1024, 768)
+    at_size = ImageFindings(
+        source=image.source,
+        display=image.display,
+        findings=[replace(f, heatmap=small) if f is top else f for f in image.findings],
+    )
+    assert overlay(at_size, 1024).PixelData == overlay(image, 1024).PixelData
+
+    odd = ImageFindings(
+        source=image.source,
+        display=image.display,
+        findings=[replace(f, heatmap=small[:500]) if f is top else f for f in image.findings],
+    )
+    with pytest.raises(ValueError, match="heatmap shape"):
+        overlay(odd, 1024)
+    with pytest.raises(ValueError, match="heatmap shape"):
+        overlay(at_size, None)  # no cap: the heatmap must be the source's size
+
+
+@pytest.mark.parametrize("segmentation", [False, True])
+def test_drawn_heatmaps_are_made_at_the_overlays_size_unless_a_seg_needs_them_whole(
+    ctx: WorkerContext, tiny_model: BuiltModel, large_source: pydicom.Dataset, segmentation: bool
+) -> None:
+    entry = ctx.registry.get(tiny_model.card.name)
+    analysed = AnalysedImage(large_source, load_frontal_chest(large_source))
+    options = ResultOptions(overlay_max_side=1024, segmentation=segmentation, default_threshold=0.0)
+    (findings,) = run_model(entry, [analysed], options)
+    drawn = [f for f in findings.findings if f.heatmap is not None]
+    assert drawn
+    expected = (ROWS, COLUMNS) if segmentation else (1024, 768)
+    assert {f.heatmap.shape for f in drawn if f.heatmap is not None} == {expected}
+    if segmentation:
+        return
+    # The same CAM as the full-size map, sampled at the overlay's pixels instead of averaged.
+    whole = run_model(entry, [analysed], replace(options, overlay_max_side=None))[0]
+    for made, full in zip(drawn, [f for f in whole.findings if f.heatmap is not None], strict=True):
+        assert made.heatmap is not None
+        assert full.heatmap is not None
+        reduced = reduce_heatmap(full.heatmap, reduction_for((ROWS, COLUMNS), 1024))
+        assert float(np.abs(made.heatmap - reduced).max()) < 0.02
+        assert made.region == full.region  # regions come from the CAM itself, not the map

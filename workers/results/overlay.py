@@ -355,9 +355,10 @@ def reduce_grey(image: NDArray[np.uint8], reduction: Reduction) -> NDArray[np.ui
 
 
 def reduce_heatmap(heatmap: NDArray[np.floating], reduction: Reduction) -> NDArray[np.float32]:
-    """A [0, 1] heatmap at the reduction's shape (area means, so still within [0, 1])."""
+    """A [0, 1] heatmap at the reduction's shape (area means, so still within [0, 1]); one made
+    at that shape already (``workers.analysis``) is used as it is."""
     values = np.asarray(heatmap, dtype=np.float32)
-    if not reduction.reduced:
+    if not reduction.reduced or values.shape == reduction.shape:
         return values
     rows, cols = reduction.shape
     resized = Image.fromarray(values).resize((cols, rows), Image.Resampling.BOX)  # mode F

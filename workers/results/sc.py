@@ -257,7 +257,8 @@ def build_heatmap_overlay(
     """An RGB Secondary Capture of ``display_image`` with ``heatmap`` blended in and a legend band.
 
     ``display_image`` is the windowed MONOCHROME2 view of ``source`` (uint8, source Rows x
-    Columns); ``heatmap`` is a float array of the same shape in [0, 1]. The result joins the
+    Columns); ``heatmap`` is a float array of the same shape in [0, 1], or of the overlay's shape
+    where ``max_side`` reduces it (made there, it is not resampled). The result joins the
     source's study and patient, references the source image, and says on its pixels and in its
     header that it is an AI result not for primary diagnosis. The caller chooses which findings
     get one (those above their operating threshold). ``content_datetime`` stamps every date and
@@ -367,7 +368,10 @@ def _blended_overlay(
         raise ValueError(
             f"display_image shape {image.shape} differs from the source's {expected_shape}"
         )
-    scores = check_heatmap(heatmap, expected_shape)
+    reduction = reduction_for(expected_shape, _check_max_side(max_side))
+    # The heatmap at the source's size, or already at the overlay's (workers.analysis).
+    made_reduced = reduction.reduced and getattr(heatmap, "shape", None) == reduction.shape
+    scores = check_heatmap(heatmap, reduction.shape if made_reduced else expected_shape)
     _check_common(
         algorithm=algorithm,
         series_instance_uid=series_instance_uid,
@@ -376,7 +380,6 @@ def _blended_overlay(
         instance_number=instance_number,
         transfer_syntax_uid=transfer_syntax_uid,
     )
-    reduction = reduction_for(expected_shape, _check_max_side(max_side))
     when = resolve_content_datetime(content_datetime)
     body_part = _body_part(body_part_examined, source)
 
