@@ -67,8 +67,12 @@ def check_frontal_chest(ds: Dataset) -> None:
 
 
 def load_frontal_chest(ds: Dataset) -> NDArray[np.uint8]:
+    """The windowed display image of a frontal chest radiograph, read-only: every result of the
+    image is made from it, and its reduced copy for the overlays is made once and shared."""
     check_frontal_chest(ds)
-    return to_display_uint8(ds)
+    display = to_display_uint8(ds)
+    display.flags.writeable = False
+    return display
 
 
 def check_input_contract(

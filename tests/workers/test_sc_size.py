@@ -4,6 +4,7 @@ derivation says so; a source within the cap gives the same bytes as with no cap.
 real NIH chest X-ray resampled to 2048 x 1536 (12-bit DX, as a CR of that size would come).
 """
 
+import gc
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+import workers.results.overlay as overlay_module
 from db.models import JobState, ResultKind
 from models.export import BuiltModel
 from tests.dicom_io import to_bytes
@@ -258,3 +260,20 @@ def test_drawn_heatmaps_are_made_at_the_overlays_size_unless_a_seg_needs_them_wh
         reduced = reduce_heatmap(full.heatmap, reduction_for((ROWS, COLUMNS), 1024))
         assert float(np.abs(made.heatmap - reduced).max()) < 0.02
         assert made.region == full.region  # regions come from the CAM itself, not the map
+
+
+def test_an_images_reduced_grey_is_made_once_and_goes_with_the_image() -> None:
+    reduction = reduction_for((ROWS, COLUMNS), 1024)
+    image = np.random.default_rng(0).integers(0, 256, (ROWS, COLUMNS), dtype=np.uint8)
+    writable = reduce_grey(image, reduction)
+    assert reduce_grey(image, reduction) is not writable  # may change: not cached
+    image.flags.writeable = False
+    first = reduce_grey(image, reduction)
+    assert reduce_grey(image, reduction) is first
+    assert not first.flags.writeable  # shared between the image's overlays
+    np.testing.assert_array_equal(first, writable)
+    key = (id(image), reduction.shape)
+    assert key in overlay_module._REDUCED_GREYS
+    del image
+    gc.collect()
+    assert key not in overlay_module._REDUCED_GREYS
