@@ -80,18 +80,28 @@ class DirectStoreDIMSE(DIMSEServiceProvider):
         message.primitive_to_message(primitive)
         message.context_id = context_id
         evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": message})
+        # Our own descriptor of the socket: the reactor closes its one when the peer goes, and a
+        # number it freed could be another file's by the time we write (its shutdown still ends
+        # our writes).
         try:
-            # Our own descriptor of the socket: the reactor closes its one when the peer goes, and
-            # a number it freed could be another file's by the time we write (its shutdown still
-            # ends our writes).
-            with sock.dup() as writer:
+            writer = sock.dup()
+        except OSError as exc:  # closed already
+            self._failed(exc)
+            return
+        with writer:
+            try:
                 self._write_pdus(writer, message, context_id)
-        except OSError as exc:
-            self.write_error = str(exc) or type(exc).__name__
-            # The stream may end inside a PDU: nothing more can go on this connection.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            dul.event_queue.put("Evt17")
+            except OSError as exc:
+                # The stream may end inside a PDU: nothing more can go on this connection.
+                with contextlib.suppress(OSError):
+                    writer.shutdown(socket.SHUT_RDWR)
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """Record why, and tell the state machine the connection is gone (as pynetdicom's socket
+        does), so the waiting request sees no response and the association ends."""
+        self.write_error = str(exc) or type(exc).__name__
+        self.dul.event_queue.put("Evt17")
 
     def _write_pdus(self, sock: socket.socket, message: C_STORE_RQ, context_id: int) -> None:
         """Frame each P-DATA value of ``message`` as its own P-DATA-TF PDU (PS3.8 9.3.5), as
