@@ -24,7 +24,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from db.models import Destination
-from dicom_node.scu_reactors import quiet_reactors
+from dicom_node.reactors import waking_reactors
 from dicom_node.sending import write_stores_directly
 from dicom_node.status import (
     TRANSIENT_FAILURES,
@@ -118,10 +118,10 @@ class NoDelayAE(AE):
 class SenderAE(NoDelayAE):
     """The SCU's AE: TCP_NODELAY, C-STORE requests written by the sending thread
     (:mod:`dicom_node.sending`), and reactor threads that wait instead of polling when idle
-    (:mod:`dicom_node.scu_reactors`)."""
+    (:mod:`dicom_node.reactors`)."""
 
     def _prepare(self, assoc: Association) -> None:
-        quiet_reactors(assoc)
+        waking_reactors(assoc)
         write_stores_directly(assoc)
 
 

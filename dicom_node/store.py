@@ -56,19 +56,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_folder_durably(folder: Path) -> None:
-    """Create ``folder`` and its missing parents, each new entry fsynced into its parent: a
-    file's own fsync and its folder's do not make the folder's entry in the study or series
-    folder above durable."""
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the folders whose entries changed
+    (each new folder's parent, deepest first), for the caller to fsync once its file is in
+    place: a file's own fsync and its folder's do not make the folder's entry in the study or
+    series folder above durable. fsynced after the file's, not after each mkdir: ext4 commits
+    every pending change of the file system with the first fsync (the file's), so the folders'
+    own cost nothing more, where one fsync after each mkdir is one journal commit each, waited
+    for in turn (docs/PERFORMANCE.md)."""
     if folder.is_dir():
-        return
+        return []
     missing = [folder]
     while not missing[-1].parent.exists():
         missing.append(missing[-1].parent)
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another process made it meanwhile
             path.mkdir()
-        _fsync_dir(path.parent)
+    return [path.parent for path in missing]
+
+
+def _fsync_dirs(folders: Iterable[Path]) -> None:
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 class InstanceStore:
@@ -154,10 +163,12 @@ class InstanceStore:
         On an error, the files already renamed stay (each whole), the rest are not written."""
         targets = [self.absolute(relative) for relative, _ in files]
         with _store_errors():
+            made: list[Path] = []
+            for target in targets:
+                made += _make_folders(target.parent)
             for target, (_, fill) in zip(targets, files, strict=True):
                 _replace_durably(target, fill, fsync_folder=False)
-            for folder in dict.fromkeys(target.parent for target in targets):
-                _fsync_dir(folder)
+            _fsync_dirs(dict.fromkeys([*(target.parent for target in targets), *made]))
 
     def adopt(self, source: Path, relative_path: str, *, sha256: str | None = None) -> StoredFile:
         """Move a complete received file into place durably (fsync, rename, fsync folder).
@@ -167,8 +178,8 @@ class InstanceStore:
         """
         target = self.absolute(relative_path)
         with _store_errors():
+            made = _make_folders(target.parent)
             size, digest = _file_facts(source, sha256)
-            _make_folder_durably(target.parent)
             try:
                 os.replace(source, target)
             except OSError as exc:
@@ -177,7 +188,7 @@ class InstanceStore:
                 with source.open("rb") as src:
                     _replace_durably(target, lambda handle: shutil.copyfileobj(src, handle))
                 source.unlink(missing_ok=True)
-            _fsync_dir(target.parent)
+            _fsync_dirs([target.parent, *made])
         return StoredFile(relative_path=relative_path, size_bytes=size, sha256=digest)
 
     def quarantine(self, data: bytes, *, reason_code: str) -> str | None:
@@ -236,8 +247,8 @@ def _replace_durably(
     target: Path, fill: Callable[[BinaryIO], object], *, fsync_folder: bool = True
 ) -> None:
     """Fill a temp file beside ``target``, fsync it, rename it over ``target``, fsync the folder
-    (unless the caller does it once for several files)."""
-    _make_folder_durably(target.parent)
+    and the folders made for it (unless the caller does it once for several files)."""
+    made = _make_folders(target.parent)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -249,4 +260,4 @@ def _replace_durably(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     if fsync_folder:
-        _fsync_dir(target.parent)
+        _fsync_dirs([target.parent, *made])

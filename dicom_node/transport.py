@@ -11,11 +11,12 @@ import socket
 import struct
 from typing import Any, cast
 
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from dicom_node.reactors import WakingDUL, waking_reactors
 
 _P_DATA_TF_TYPE = b"\x04"
 
@@ -101,9 +102,10 @@ def _p_data_views(pdu: memoryview) -> P_DATA:
     return primitive
 
 
-class NodeDUL(DULServiceProvider):
-    """pynetdicom's upper layer, decoding P-DATA-TF PDUs without copying their data: pynetdicom
-    copies each fragment three times (bytes(), the item decoder, the DIMSE slice) before writing."""
+class NodeDUL(WakingDUL):
+    """The upper layer (woken by its work, :mod:`dicom_node.reactors`), decoding P-DATA-TF PDUs
+    without copying their data: pynetdicom copies each fragment three times (bytes(), the item
+    decoder, the DIMSE slice) before writing."""
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         if bytestream[:1] != _P_DATA_TF_TYPE:
@@ -113,10 +115,10 @@ class NodeDUL(DULServiceProvider):
 
 class NodeRequestHandler(RequestHandler):
     """pynetdicom's handler for an accepted connection, reading through :class:`NodeSocket`
-    and :class:`NodeDUL`."""
+    and :class:`NodeDUL`, its reactor threads woken by their work."""
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = NodeSocket
-        assoc.dul.__class__ = NodeDUL
+        waking_reactors(assoc, NodeDUL)
         return assoc

@@ -49,16 +49,23 @@ def queued(settings: Settings) -> list[int]:
     return sorted(m.kwargs["job_id"] for m in folder_messages(settings.queue_dir, QUEUE_INFERENCE))
 
 
-@pytest.fixture
-def node(tmp_path: Path, database_url: str) -> Iterator[DicomNode]:
-    require_tools()
-    dicom_node = DicomNode(node_settings(tmp_path, database_url))
+@contextlib.contextmanager
+def running_node(settings: Settings) -> Iterator[DicomNode]:
+    """A started node, once it answers C-ECHO; stopped afterwards."""
+    dicom_node = DicomNode(settings)
     dicom_node.start()
     try:
         wait_for(lambda: echo_ok(dicom_node.settings.dicom_port), timeout=20, what="C-ECHO")
         yield dicom_node
     finally:
         dicom_node.stop()
+
+
+@pytest.fixture
+def node(tmp_path: Path, database_url: str) -> Iterator[DicomNode]:
+    require_tools()
+    with running_node(node_settings(tmp_path, database_url)) as dicom_node:
+        yield dicom_node
 
 
 @contextlib.contextmanager
