@@ -1,11 +1,13 @@
 """Writing several files at once into the store: each whole and in place, or not there at all."""
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
+import dicom_node.store as store_module
 from dicom_node.store import InstanceStore
 from radlight.errors import StoreError
 from tests.page_cache import cached_pages
@@ -58,3 +60,38 @@ def test_dropped_files_leave_the_page_cache_and_stay_on_disk(tmp_path: Path) -> 
 
     assert cached_pages(path) == 0
     assert store.read(relative) == data
+
+
+def test_adopting_into_a_new_study_makes_every_new_folder_entry_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each folder whose entries changed (the root, the new area, study and series) is
+    fsynced, and only after the file's own fsync, which on ext4 commits the new folders too."""
+    synced: list[str] = []
+    fsync = os.fsync
+    fsync_dir = store_module._fsync_dir
+
+    def record_file(fd: int) -> None:
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):  # folders are recorded by record_dir
+            synced.append("file")
+        fsync(fd)
+
+    def record_dir(path: Path) -> None:
+        synced.append(str(path))
+        fsync_dir(path)
+
+    monkeypatch.setattr(os, "fsync", record_file)
+    monkeypatch.setattr(store_module, "_fsync_dir", record_dir)
+    store = InstanceStore(tmp_path / "store")
+    store.incoming_dir.mkdir(parents=True)
+    received = store.incoming_dir / "received.dcm"
+    received.write_bytes(b"instance")
+
+    relative = store.instance_path("2.25.1", "2.25.2", "2.25.3")
+    store.adopt(received, relative, sha256="0" * 64)
+
+    area = store.root / "instances"  # new too: its entry in the store's root changed
+    study = area / "2.25.1"
+    assert synced[0] == "file"
+    assert sorted(synced[1:]) == sorted(map(str, [study / "2.25.2", study, area, store.root]))
+    assert store.read(relative) == b"instance"
