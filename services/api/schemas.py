@@ -5,11 +5,12 @@ Nothing here carries patient data: the database holds identifiers (UIDs), states
 findings, never names, patient IDs or birth dates.
 """
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import HTTPException
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from db.models import DeliveryState, JobState, ResultKind, SCEncoding, StudyState
 from radlight import NOT_FOR_PRIMARY_DIAGNOSIS
@@ -26,7 +27,19 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("the time is out of range once converted to UTC") from None
 
 
-UTCTime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+_ISO_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_8601_only(value: object) -> object:
+    """pydantic reads a number (``1.5e-61``) as Unix time; the schema promises ISO 8601 only."""
+    if isinstance(value, str) and not _ISO_DATE_START.match(value):
+        raise ValueError("a time is ISO 8601 with its offset, e.g. 2025-01-31T08:00:00Z")
+    if isinstance(value, int | float):
+        raise ValueError("a time is ISO 8601 with its offset, not a number")
+    return value
+
+
+UTCTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601_only), AfterValidator(_to_utc)]
 """A query parameter time: ISO 8601 with its offset (``2025-01-31T08:00:00Z``), as UTC."""
 
 
