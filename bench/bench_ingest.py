@@ -170,16 +170,13 @@ def radlight_node(
     workdir: Path, max_pdu: int, backend: str, tree: Path = REPO, listeners: int = 1
 ) -> Iterator["Receiver"]:
     """The real `radlight dicom-node` process (code from ``tree``) with its store and a fresh
-    database."""
-    from db.migrate import upgrade
-
+    database, migrated by that tree's own code."""
     port = free_port()
     with contextlib.ExitStack() as stack:
         if backend == "sqlite":
             url = f"sqlite:///{workdir / 'radlight.db'}"
         else:
             url = stack.enter_context(postgres_database())
-        upgrade(url)
         env = dict(
             dicom_env(),
             PYTHONPATH=str(tree),
@@ -192,6 +189,13 @@ def radlight_node(
             RADLIGHT_STUDY_QUIET_SECONDS="3600",  # ingest only: nothing is routed meanwhile
             RADLIGHT_LOG_LEVEL="WARNING",
             RADLIGHT_DICOM_LISTENERS=str(listeners),
+        )
+        subprocess.run(
+            [sys.executable, "-m", "radlight", "db", "upgrade"],
+            env=env,
+            cwd=workdir,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         log = workdir / "radlight.log"
         with log.open("wb") as handle:

@@ -157,6 +157,7 @@ class DicomNode:
             self._wake_sender = WakeupSender(self._wake_address)
         ctx = StoreContext(
             store=self.store,
+            engine=self.engine,
             sessions=self.sessions,
             max_instance_bytes=self.settings.max_instance_bytes,
             min_free_bytes=self.settings.store_min_free_bytes,

@@ -28,10 +28,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.ingest import ReceivedInstance, record_ingest_failure, record_instance
+from db.ingest import ReceivedInstance, record_ingest_failure, record_received
 from db.session import transaction
 from dicom_node.allow_list import CallingAEAllowList
 from dicom_node.headers import InstanceHeader, read_header_file
@@ -80,7 +81,8 @@ class StoreContext:
     """What the C-STORE handler needs, injected once when the server starts."""
 
     store: InstanceStore
-    sessions: sessionmaker[Session]
+    engine: Engine  # instances are recorded on it directly (db.ingest.record_received)
+    sessions: sessionmaker[Session]  # refusals
     max_instance_bytes: int
     min_free_bytes: int = 0
     # Called after each instance is recorded (wakes the node's assembler; never raises).
@@ -137,8 +139,7 @@ def _refuse(
 def _record(ctx: StoreContext, received: ReceivedInstance) -> None:
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
-            with transaction(ctx.sessions) as session:
-                record_instance(received, session=session)
+            record_received(received, engine=ctx.engine)
             return
         except IntegrityError:
             # Two associations created the same study or series at once; the retry finds it.
