@@ -17,6 +17,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.reactors import WakingDUL, waking_reactors
+from dicom_node.sending import write_store_responses_directly
 
 _P_DATA_TF_TYPE = b"\x04"
 
@@ -115,10 +116,12 @@ class NodeDUL(WakingDUL):
 
 class NodeRequestHandler(RequestHandler):
     """pynetdicom's handler for an accepted connection, reading through :class:`NodeSocket`
-    and :class:`NodeDUL`, its reactor threads woken by their work."""
+    and :class:`NodeDUL`, its reactor threads woken by their work, its C-STORE responses
+    written by :class:`dicom_node.sending.NodeDIMSE`."""
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = NodeSocket
         waking_reactors(assoc, NodeDUL)
+        write_store_responses_directly(assoc)
         return assoc
