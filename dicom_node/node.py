@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import require_current_schema
 from db.session import make_engine, make_session_factory
 from dicom_node.assembly import Assembler, AssemblerThread
-from dicom_node.incoming import receive_into
+from dicom_node.incoming import receive_into, stop_receiving
 from dicom_node.scp import StoreContext, handlers, make_ae
 from dicom_node.store import InstanceStore
 from dicom_node.tls import server_context
@@ -197,6 +197,7 @@ class DicomNode:
             self._thread.join(timeout=10)
         if self._server is not None:
             self._server.shutdown()
+        stop_receiving()
         if self._wake_sender is not None:
             self._wake_sender.close()
         self.producer.close()

@@ -98,7 +98,7 @@ def _storing_scu(node: DicomNode, sop_class: str) -> Iterator[tuple[Any, list[Da
     commands: list[Dataset] = []
 
     def received(event: Event) -> None:
-        message = event.message  # type: ignore[attr-defined]
+        message = event.message
         if isinstance(message, C_STORE_RSP):
             commands.append(message.command_set)
 
@@ -138,7 +138,8 @@ def test_a_pynetdicom_scu_reads_the_nodes_answers(
         refused.SOPInstanceUID,
     ]
     assert all(c.AffectedSOPClassUID == stored.SOPClassUID for c in commands)
-    assert acceptors and all(isinstance(a.dimse, NodeDIMSE) for a in acceptors)
+    assert acceptors
+    assert all(isinstance(a.dimse, NodeDIMSE) for a in acceptors)
     engine = make_engine(sqlite_node.settings.effective_database_url)
     try:
         with make_session_factory(engine)() as session:
