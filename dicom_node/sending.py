@@ -202,7 +202,12 @@ class NodeDIMSE(DirectStoreDIMSE):
             if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
             else None
         )
-        if value is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        if (
+            value is None
+            or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+            or 0 < self.maximum_pdu_size < len(value) + _PDU_HEADER.size
+        ):
+            # pynetdicom's path: another message, an observer, or a peer taking only tiny PDUs
             super().send_msg(primitive, context_id)
             return
         sock = _writable_socket(self.dul)

@@ -121,8 +121,7 @@ def test_associations_recording_one_new_study_at_once_make_one_study(engine: Eng
     """Eight senders' instances of the same new study, concurrently: one study and series row,
     every instance counted once, no sender refused (the upserts wait on each other)."""
     instances = [
-        replace(RECEIVED, sop_instance_uid=f"{RECEIVED.series_instance_uid}.{n}")
-        for n in range(80)
+        replace(RECEIVED, sop_instance_uid=f"{RECEIVED.series_instance_uid}.{n}") for n in range(80)
     ]
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lambda item: record_received(item, engine=engine), instances))
