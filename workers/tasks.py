@@ -22,11 +22,13 @@ from radlight.settings import load_settings
 from workers.context import process_context
 from workers.delivery import deliver_result
 from workers.pipeline import run_job
+from workers.results.iod_lookups import load_standard_tables
 
 logger = logging.getLogger(__name__)
 
 _settings = load_settings()
 app = make_celery(_settings, name="radlight-worker")
+load_standard_tables()  # in the parent, before the pool forks: shared by every child
 
 JOB_RETRY_DELAYS_S = (5, 30, 120)
 

@@ -1,5 +1,9 @@
 """highdicom's IOD lookups, remembered: the same answers as highdicom's own function."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import highdicom as hd
 import pytest
 from highdicom import _standard_utils, base
@@ -62,3 +66,24 @@ def test_images_are_told_from_other_objects_as_before() -> None:
 def test_an_unknown_sop_class_is_still_refused() -> None:
     with pytest.raises(KeyError, match="No IOD"):
         iod_lookups.is_attribute_in_iod("PixelData", "1.2.3.4.5.6")
+
+
+def test_the_worker_app_reads_the_standards_tables_before_its_pool_forks() -> None:
+    """Importing the app (what the parent process does before forking its children) leaves
+    highdicom's tables loaded, so no child reads them during its first job."""
+    probe = (
+        "from highdicom import _standard_utils as s\n"
+        "loaders = (s.get_sop_class_iod_map, s.get_iod_module_map, s.get_module_attribute_map)\n"
+        "assert all(f.cache_info().currsize == 0 for f in loaders)\n"
+        "import workers.tasks\n"
+        "print([f.cache_info().currsize for f in loaders])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.stdout.strip() == "[1, 1, 1]"
