@@ -68,15 +68,20 @@ def test_an_unknown_sop_class_is_still_refused() -> None:
         iod_lookups.is_attribute_in_iod("PixelData", "1.2.3.4.5.6")
 
 
-def test_the_worker_app_reads_the_standards_tables_before_its_pool_forks() -> None:
-    """Importing the app (what the parent process does before forking its children) leaves
-    highdicom's tables loaded, so no child reads them during its first job."""
+def test_the_worker_parent_reads_the_tables_and_freezes_before_its_pool_forks() -> None:
+    """Celery's worker_init (sent in the parent before the pool forks) leaves highdicom's tables
+    loaded and every object made so far frozen: no child reads the tables during its first job,
+    and no child's full collection walks them. Importing the app alone (tests, the API) does
+    neither."""
     probe = (
+        "import gc\n"
+        "from celery.signals import worker_init\n"
         "from highdicom import _standard_utils as s\n"
-        "loaders = (s.get_sop_class_iod_map, s.get_iod_module_map, s.get_module_attribute_map)\n"
-        "assert all(f.cache_info().currsize == 0 for f in loaders)\n"
         "import workers.tasks\n"
-        "print([f.cache_info().currsize for f in loaders])\n"
+        "loaders = (s.get_sop_class_iod_map, s.get_iod_module_map, s.get_module_attribute_map)\n"
+        "print([f.cache_info().currsize for f in loaders], gc.get_freeze_count() > 0)\n"
+        "worker_init.send(sender=None)\n"
+        "print([f.cache_info().currsize for f in loaders], gc.get_freeze_count() > 100_000)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -86,4 +91,4 @@ def test_the_worker_app_reads_the_standards_tables_before_its_pool_forks() -> No
         timeout=120,
         cwd=Path(__file__).resolve().parents[2],
     )
-    assert result.stdout.strip() == "[1, 1, 1]"
+    assert result.stdout.splitlines() == ["[0, 0, 0] False", "[1, 1, 1] True"]
