@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 
 class JobQueue(Protocol):
+    def connect(self) -> None: ...
+
     def enqueue_job(self, job_id: int) -> None: ...
 
     def enqueue_delivery(self, delivery_id: int) -> None: ...
@@ -232,6 +234,14 @@ class Assembler:
             logger.exception("assembler check failed; will try again")
             return False
 
+    def connect_queue(self) -> None:
+        """Reach the broker before the first study needs it. One that is down is logged, not
+        raised: jobs wait in the database and are queued when it answers."""
+        try:
+            self._queue.connect()
+        except Exception as exc:  # noqa: BLE001 - any broker error, as for a send
+            logger.warning("cannot reach the broker yet, jobs are queued when it answers: %s", exc)
+
     def tick(self) -> None:
         try:
             self.assemble()
@@ -266,6 +276,7 @@ class AssemblerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        self._assembler.connect_queue()
         self._assembler.tick()  # at once: it also reads the routes the cheap check needs
         last_tick = time.monotonic()
         quiet_checks = _QuietChecks(spacing=_QUIET_CHECK_SPACING_S)

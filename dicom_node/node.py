@@ -227,6 +227,7 @@ class Dispatcher:
     def run(self) -> None:
         """Tick every ``assembler_interval_s`` until :meth:`stop`; then release the resources."""
         logger.info("dispatcher started (tick every %.1f s)", self.settings.assembler_interval_s)
+        self.assembler.connect_queue()
         try:
             while not self._stopped.wait(self.settings.assembler_interval_s):
                 self.assembler.tick()

@@ -3,7 +3,7 @@ body is JSON holding the id and nothing else, and a broker that hangs makes a se
 """
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -87,17 +87,30 @@ def test_payloads_are_validated_before_sending(producer: TaskProducer, broker: r
     assert redis_lists(broker) == {}
 
 
-def test_closed_broker_port_fails_at_once(tmp_path: Path) -> None:
+# Each way the producer reaches the broker: sending, and connecting ahead (TaskProducer.connect).
+REACHES_BROKER: dict[str, Callable[[TaskProducer], None]] = {
+    "send": lambda producer: producer.enqueue_job(1),
+    "connect": TaskProducer.connect,
+}
+
+
+@pytest.mark.parametrize("reach", REACHES_BROKER.values(), ids=REACHES_BROKER.keys())
+def test_closed_broker_port_fails_at_once(
+    tmp_path: Path, reach: Callable[[TaskProducer], None]
+) -> None:
     producer = TaskProducer(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"))
     try:
         with pytest.raises(OperationalError, match="refused"):
-            producer.enqueue_job(1)
+            reach(producer)
     finally:
         producer.close()
 
 
 @pytest.mark.timeout(60)
-def test_broker_that_never_answers_makes_the_send_fail_instead_of_hanging(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reach", REACHES_BROKER.values(), ids=REACHES_BROKER.keys())
+def test_broker_that_never_answers_makes_the_send_fail_instead_of_hanging(
+    tmp_path: Path, reach: Callable[[TaskProducer], None]
+) -> None:
     """A peer that accepts the TCP connection and then says nothing (a hung Redis): without socket
     timeouts kombu would wait forever, and the assembler thread with it."""
     with socket.socket() as silent:
@@ -109,6 +122,22 @@ def test_broker_that_never_answers_makes_the_send_fail_instead_of_hanging(tmp_pa
         )
         try:
             with pytest.raises(OperationalError, match=r"(?i)timeout"):
-                producer.enqueue_job(1)
+                reach(producer)
         finally:
             producer.close()
+
+
+def test_connect_declares_both_queues_before_anything_is_sent(
+    producer: TaskProducer, broker: redis.Redis
+) -> None:
+    """kombu's Redis transport records a declared queue's binding under ``_kombu.binding.*``;
+    nothing is queued by connecting."""
+    assert not broker.keys("_kombu.binding.*")
+    producer.connect()
+    bindings = {
+        key.decode() if isinstance(key, bytes) else key for key in broker.keys("_kombu.binding.*")
+    }
+    assert bindings == {f"_kombu.binding.{QUEUE_INFERENCE}", f"_kombu.binding.{QUEUE_DELIVERY}"}
+    assert redis_lists(broker) == {}
+    producer.enqueue_job(5)  # and the connection it made sends
+    assert [m.kwargs for m in redis_lists(broker)[QUEUE_INFERENCE]] == [{"job_id": 5}]

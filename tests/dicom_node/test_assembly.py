@@ -3,6 +3,7 @@ and PostgreSQL: quiet studies become jobs, committed jobs reach the queue, a bro
 nothing, stalled jobs are queued again. Routing rules are checked directly as well.
 """
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -215,6 +216,21 @@ def test_broker_down_keeps_the_job_pending_until_the_broker_is_back(
     (job,) = jobs(sessions)
     assert job.state is JobState.QUEUED
     assert queued_job_ids(broker) == [job.id]
+
+
+def test_connecting_to_a_broker_that_is_down_is_logged_not_raised(
+    tmp_path: Path, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The assembler thread and the dispatcher connect before their first tick; a broker that is
+    down must not stop them (jobs wait in the database)."""
+    down = producer_for(tmp_path, DOWN_BROKER_URL)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicom_node.assembly"):
+            assembler(sessions, down).connect_queue()
+    finally:
+        down.close()
+    assert "cannot reach the broker yet" in caplog.text
+    assert "refused" in caplog.text
 
 
 def test_study_matching_no_route_is_unrouted_with_a_reason(
