@@ -43,7 +43,8 @@ FloatArray = npt.NDArray[np.float32]
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # The scores must follow from the carried CAM weights; a larger gap means the CAMs would lie.
 HEAD_TOLERANCE = 1e-3
-_CACHE_SIZE = 4
+# Sessions a process keeps (least recently used dropped first).
+CACHE_SIZE = 4
 _ORT_ERRORS: tuple[type[Exception], ...] = (
     ort_state.Fail,
     ort_state.InvalidArgument,
@@ -273,7 +274,7 @@ def _cached(
             return cached
         model = cls._build(Path(onnx_path), sha256=sha256, names=names)  # type: ignore[arg-type]
         _cache[key] = model
-        while len(_cache) > _CACHE_SIZE:
+        while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
         return model
 
@@ -347,6 +348,12 @@ def _check_batch(batch: npt.NDArray[np.generic], shape: tuple[int, int, int]) ->
 def get_session(onnx_path: Path, *, sha256: str) -> ort.InferenceSession:
     """The cached onnxruntime session of a standard-named classifier file."""
     return Classifier.load(onnx_path, sha256=sha256).session
+
+
+def loaded_model_sha256s() -> frozenset[str]:
+    """The sha256 of every model file this process holds a session for."""
+    with _lock:
+        return frozenset(sha256 for _path, sha256, _names in _cache)
 
 
 def clear_session_cache() -> None:

@@ -235,6 +235,8 @@ def test_pacs_to_radlight_to_pacs(
     with deployment.engine.connect() as conn:
         recorded = conn.execute(select(func.count()).select_from(Result)).scalar_one()
     assert instances_before == recorded  # every result, once (the sources went elsewhere)
+    # The worker's child loaded the route's model while it waited for its first job.
+    assert "worker warm-up: 1 of 1 route models loaded" in deployment.worker.log()
 
     # 2. The same study again: stored again, assembled again, but no second set of results.
     assert storescu(deployment.port, *real_dicom_files).returncode == 0
