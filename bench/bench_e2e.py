@@ -36,7 +36,6 @@ from bench.bench_ingest import make_instances
 from bench.stack import (
     SOURCE,
     build_models,
-    delivered_at,
     first_received,
     full_stack,
     job_stages,
@@ -45,9 +44,9 @@ from bench.stack import (
     median,
     now,
     percentile,
+    send_one,
 )
 from radlight.stages import STAGES
-from tests.peers import wait_for
 
 QUIET_S = 1.0
 CONFIGS: dict[str, tuple[int | None, dict[str, str]]] = {
@@ -100,15 +99,7 @@ def run(workdir: Path, models: Path, backend: str, config: str, count: int, size
         uids: list[str] = []
         for study_uid, path in studies(workdir / "studies", count, size):
             start = now()
-            stack.send(path)
-            done = wait_for(
-                lambda uid=study_uid: delivered_at(stack.engine, uid),  # type: ignore[misc]
-                timeout=60,
-                # The latency is read from the recorded sent_at, not from this poll, so the poll
-                # only has to be cheap: every 5 ms it took CPU from the stack it measures.
-                interval=0.05,
-                what="the study's results in Orthanc",
-            )
+            done = send_one(stack, study_uid, path)
             latencies.append((done - start).total_seconds() - quiet)
             sends.append((first_received(stack.engine, study_uid) - start).total_seconds() * 1e3)
             uids.append(study_uid)

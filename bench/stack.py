@@ -97,8 +97,10 @@ def full_stack(
     expected_instances: int | None = 1,
     quiet_s: float = 5.0,
     settings: dict[str, str] | None = None,
+    warm_up: bool = True,
 ) -> Iterator[Stack]:
-    """Everything started, a destination and a route configured, one warm-up study delivered."""
+    """Everything started, a destination and a route configured, and (``warm_up``) one study per
+    worker process delivered."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(run_redis(workdir / "redis"))
@@ -142,8 +144,8 @@ def full_stack(
         engine = make_engine(database_url)
         stack.callback(engine.dispose)
         result = Stack(env, port, orthanc, engine)
-        # Warm-up: every worker process loads the model on its first job.
-        for study_uid, path in make_studies(workdir / "warmup", workers):
+        # Warm-up: every worker process has run a job before the measurement.
+        for study_uid, path in make_studies(workdir / "warmup", workers if warm_up else 0):
             result.send(path)
             worker.assert_alive()
             wait_for(
@@ -153,6 +155,21 @@ def full_stack(
                 what="the warm-up study's results in the PACS",
             )
         yield result
+
+
+def send_one(stack: Stack, study_uid: str, path: Path, timeout: float = 60) -> datetime:
+    """Send one study with storescu and wait until all its results are in the PACS; returns when
+    the last was stored there (its recorded ``sent_at``)."""
+    stack.send(path)
+    done: datetime = wait_for(
+        lambda: delivered_at(stack.engine, study_uid),
+        timeout=timeout,
+        # The time is read from the recorded sent_at, not from this poll, so the poll only has
+        # to be cheap: every 5 ms it took CPU from the stack it measures.
+        interval=0.05,
+        what="the study's results in Orthanc",
+    )
+    return done
 
 
 def delivered_at(engine: Engine, study_uid: str) -> datetime | None:
