@@ -1,5 +1,6 @@
 """An app over a real database, with one user per role and their bearer headers."""
 
+import functools
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,12 @@ from services.app import create_app
 from services.security import hash_password, issue_token, load_secret_key
 
 PASSWORD = "correct horse battery staple"
+
+
+@functools.cache
+def password_hash_of_test_password() -> str:
+    """``PASSWORD`` hashed once per test process: a hash costs 0.2 s by design."""
+    return hash_password(PASSWORD)
 
 
 @pytest.fixture
@@ -33,7 +40,7 @@ def role_headers(
     app_settings: Settings, sessions: sessionmaker[Session]
 ) -> dict[Role, dict[str, str]]:
     """One active user per role ("admin", "operator", "viewer"), as bearer headers."""
-    password_hash = hash_password(PASSWORD)
+    password_hash = password_hash_of_test_password()
     with transaction(sessions) as session:
         for role in Role:
             session.add(User(username=role.value, password_hash=password_hash, role=role))
