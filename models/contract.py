@@ -13,17 +13,25 @@ Interface ``classifier-cam/1``:
   ``onnx``. ``radlight.interface`` records the interface version.
 
 A class activation map is then ``W @ features`` (see models.cam).
+
+``onnx`` is imported where a graph is parsed, not with this module: importing it costs a second
+or more of CPU (``ml_dtypes`` registering its numpy types), which every process importing the
+registry paid at start, the API included, though only installing or loading a model reads a
+graph. The worker's parent imports it once before its pool forks (``import_onnx``).
 """
 
 import importlib
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import onnx
-from onnx import numpy_helper
 
 from radlight.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
 
 INTERFACE_VERSION = "classifier-cam/1"
 INPUT_NAME = "image"
@@ -36,14 +44,20 @@ META_CAM_WEIGHT = "radlight.cam_weight"
 META_CAM_BIAS = "radlight.cam_bias"
 
 FloatArray = npt.NDArray[np.float32]
+_FLOAT = 1  # onnx.TensorProto.FLOAT, fixed by the ONNX standard
 # protobuf ships no type stubs; its DecodeError is what onnx raises for bytes that are not a model.
 _DECODE_ERROR: type[Exception] = importlib.import_module("google.protobuf.message").DecodeError
 
 
-def parse_model(data: bytes, *, source: str) -> onnx.ModelProto:
+def import_onnx() -> ModuleType:
+    """The ``onnx`` package, imported on first use (see the module's docstring)."""
+    return importlib.import_module("onnx")
+
+
+def parse_model(data: bytes, *, source: str) -> "onnx.ModelProto":
     """``data`` parsed as an ONNX model; ModelError naming ``source`` if it is not one."""
     try:
-        model: onnx.ModelProto = onnx.load_from_string(data)
+        model: onnx.ModelProto = import_onnx().load_from_string(data)
     except _DECODE_ERROR as exc:
         raise ModelError(f"{source}: not an ONNX model: {exc}") from exc
     if not model.graph.node:
@@ -68,25 +82,26 @@ class GraphContract:
     input_channels: int = 3
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
+def _dims(value_info: "onnx.ValueInfoProto") -> list[int | None]:
     """Static dims of a tensor (None where symbolic or unknown)."""
     shape = value_info.type.tensor_type.shape
     return [dim.dim_value if dim.HasField("dim_value") else None for dim in shape.dim]
 
 
-def _initializer(graph: onnx.GraphProto, name: str) -> FloatArray:
+def _initializer(graph: "onnx.GraphProto", name: str) -> FloatArray:
     for tensor in graph.initializer:
         if tensor.name == name:
-            if tensor.data_type != onnx.TensorProto.FLOAT:
+            if tensor.data_type != _FLOAT:
                 raise ModelError(f"initializer {name!r} is not float32")
+            numpy_helper = importlib.import_module("onnx.numpy_helper")
             array: FloatArray = numpy_helper.to_array(tensor).astype(np.float32, copy=True)
             return array
     raise ModelError(f"initializer {name!r} named in the model metadata is not in the graph")
 
 
 def _graph_io(
-    model: onnx.ModelProto, input_name: str, output_names: tuple[str, ...]
-) -> tuple[dict[str, onnx.ValueInfoProto], dict[str, onnx.ValueInfoProto]]:
+    model: "onnx.ModelProto", input_name: str, output_names: tuple[str, ...]
+) -> tuple[dict[str, "onnx.ValueInfoProto"], dict[str, "onnx.ValueInfoProto"]]:
     """The graph's real inputs (not initializers) and its outputs, checked against the names."""
     graph = model.graph
     initializer_names = {tensor.name for tensor in graph.initializer}
@@ -101,7 +116,7 @@ def _graph_io(
 
 
 def read_contract(
-    model: onnx.ModelProto,
+    model: "onnx.ModelProto",
     *,
     input_name: str = INPUT_NAME,
     probabilities_name: str = PROBABILITIES_NAME,
@@ -121,7 +136,7 @@ def read_contract(
     graph = model.graph
     inputs, outputs = _graph_io(model, input_name, (probabilities_name, features_name))
     for name, vi in (*inputs.items(), *outputs.items()):
-        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        if vi.type.tensor_type.elem_type != _FLOAT:
             raise ModelError(f"graph tensor {name!r} is not float32")
 
     image_dims = _dims(inputs[input_name])
@@ -165,7 +180,7 @@ _POOLS = frozenset({"GlobalAveragePool", "ReduceMean"})
 
 
 def _check_head(
-    graph: onnx.GraphProto,
+    graph: "onnx.GraphProto",
     weight_name: str,
     bias_name: str,
     probabilities_name: str,
@@ -202,7 +217,7 @@ def _check_head(
         raise ModelError(f"the Gemm before {probabilities_name!r} does not read pooled features")
 
 
-def gemm_attributes(node: onnx.NodeProto) -> dict[str, float | int]:
+def gemm_attributes(node: "onnx.NodeProto") -> dict[str, float | int]:
     """A Gemm node's attributes with the ONNX defaults filled in."""
     values: dict[str, float | int] = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}
     for attribute in node.attribute:
@@ -229,7 +244,7 @@ class HeatmapGraphContract:
 
 
 def read_heatmap_contract(
-    model: onnx.ModelProto, *, input_name: str, probabilities_name: str, heatmap_name: str
+    model: "onnx.ModelProto", *, input_name: str, probabilities_name: str, heatmap_name: str
 ) -> HeatmapGraphContract:
     """Check ``model`` has one square 3-channel image input (NCHW or NHWC) and the named outputs.
 
@@ -238,7 +253,7 @@ def read_heatmap_contract(
     """
     inputs, outputs = _graph_io(model, input_name, (probabilities_name, heatmap_name))
     for name, vi in ((input_name, inputs[input_name]), *outputs.items()):
-        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        if vi.type.tensor_type.elem_type != _FLOAT:
             raise ModelError(f"graph tensor {name!r} is not float32")
     dims = _dims(inputs[input_name])
     if len(dims) == 4 and dims[1] == 3 and dims[2] is not None and dims[2] == dims[3]:

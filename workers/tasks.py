@@ -15,6 +15,7 @@ from db.deliveries import mark_delivery
 from db.jobs import finish_job, release_for_retry
 from db.models import DeliveryState, JobState
 from db.session import make_engine, transaction
+from models.contract import import_onnx
 from radlight.contracts import TASK_DELIVER, TASK_PROCESS_JOB, DeliverPayload, ProcessJobPayload
 from radlight.errors import StoreError
 from radlight.logs import configure_logging, log_context
@@ -40,9 +41,11 @@ def _prepare_parent(**_: Any) -> None:
     every child, and touched each, unsharing their pages (docs/DECISIONS.md).
 
     An engine made and dropped here (it never connects) imports the database driver and its
-    SQLAlchemy dialect once, not in each child (100 ms)."""
+    SQLAlchemy dialect once, not in each child (100 ms); ``onnx``, which loading a model needs
+    and nothing imports before that, likewise (1 s and more; models.contract)."""
     load_standard_tables()
     make_engine(_settings.effective_database_url).dispose()
+    import_onnx()
     gc.collect()
     gc.freeze()
 

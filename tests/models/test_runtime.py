@@ -1,5 +1,6 @@
 """The runtime: one cached session per model file, validated inputs, CAM weights from the graph."""
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -133,6 +134,23 @@ def test_providers_prefer_cuda_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider"])
     with pytest.raises(ModelError, match="offers none"):
         available_providers()
+
+
+def test_onnx_is_imported_only_where_a_graph_is_read(tmp_path: Path) -> None:
+    """Importing onnx costs a second or more of CPU (models.contract): the API, the node and the
+    worker's modules leave it out; the worker's parent imports it before its pool forks, so that
+    no child pays for it; parsing a graph imports it on first use."""
+    code = (
+        "import sys, services.app, dicom_node.node, workers.tasks\n"
+        "assert 'onnx' not in sys.modules, 'onnx imported with the modules'\n"
+        "workers.tasks._prepare_parent()\n"
+        "assert 'onnx' in sys.modules, 'the parent did not import onnx'\n"
+    )
+    env = {**os.environ, "RADLIGHT_DATA_DIR": str(tmp_path)}
+    env.pop("RADLIGHT_DATABASE_URL", None)
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=Path(runtime.__file__).parents[1], env=env
+    )
 
 
 def test_runtime_does_not_need_torch() -> None:
