@@ -19,6 +19,13 @@ Configurations (each a before → after of the optimisations in docs/PERFORMANCE
 - ``inline`` (the default configuration): as ``expected``, and the job's worker sends its results
   itself over a kept-open association (TCP_NODELAY), all in one association.
 
+The reference, in the same run (``--no-reference`` leaves it out): the same bytes moved by dcmtk
+alone, with no processing. After each study, storescu sends the study's file to a storescp and
+then the job's result files (copies with new SOP Instance UIDs, made before the clock starts) to
+the same Orthanc in one association; that time is the floor a node adds nothing to. Printed: its
+p50 and the ratio of RadLight's p50 to it, which moves far less with the machine's speed than
+either figure alone.
+
 The studies are copies of the real 1024² 8-bit NIH DICOM; ``--size 2048`` sends it resampled to
 a 12-bit 2048² DX (8.4 MB, issue 8's reference image, made as ``bench/bench_ingest.py`` makes its
 instances) instead.
@@ -28,13 +35,18 @@ Run: ``python bench/bench_e2e.py`` (``--studies 20 --backends postgresql sqlite`
 
 import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from bench.bench_ingest import make_instances
+from bench.bench_ingest import AE_TITLE, make_instances, storescp
 from bench.stack import (
     SOURCE,
+    Stack,
     build_models,
     first_received,
     full_stack,
@@ -45,8 +57,11 @@ from bench.stack import (
     now,
     percentile,
     send_one,
+    stopwatch,
 )
+from db.models import Delivery, Job, Result, Study
 from radlight.stages import STAGES
+from tests.peers import storescu
 
 QUIET_S = 1.0
 CONFIGS: dict[str, tuple[int | None, dict[str, str]]] = {
@@ -83,26 +98,88 @@ def studies(folder: Path, count: int, size: int) -> list[tuple[str, Path]]:
     return [(str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID), p) for p in paths]
 
 
-def run(workdir: Path, models: Path, backend: str, config: str, count: int, size: int) -> None:
+def delivered_files(stack: Stack, study_uid: str) -> list[Path]:
+    """The result files of the study's job that were sent to the PACS, as RadLight stored them."""
+    store = Path(stack.env["RADLIGHT_DATA_DIR"]) / "store"
+    with Session(stack.engine) as session:
+        paths = session.scalars(
+            select(Result.relative_path)
+            .join(Job, Result.job_id == Job.id)
+            .join(Study, Job.study_id == Study.id)
+            .join(Delivery, Delivery.result_id == Result.id)
+            .where(Study.study_instance_uid == study_uid)
+            .distinct()
+        ).all()
+    return [store / path for path in paths]
+
+
+def renamed_copies(files: Sequence[Path], folder: Path) -> list[Path]:
+    """Copies with new SOP Instance UIDs: Orthanc keeps the first copy of an instance and would
+    answer a second one without storing it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for index, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        copy = folder / f"result{index}.dcm"
+        ds.save_as(copy, enforce_file_format=True)
+        copies.append(copy)
+    return copies
+
+
+def dcmtk_floor_ms(stack: Stack, relay_port: int, study: Path, results: Sequence[Path]) -> float:
+    """storescu sends the study to storescp, then the results to the PACS: the same bytes over
+    the same hops, with no processing between (the reference)."""
+    start = stopwatch()
+    received = storescu(relay_port, study, called_ae=AE_TITLE)
+    delivered = storescu(
+        stack.orthanc.dicom_port, *results, called_ae=stack.orthanc.ae_title, calling_ae="RADLIGHT"
+    )
+    elapsed = (stopwatch() - start) * 1e3
+    for done in (received, delivered):
+        if done.returncode != 0:
+            raise RuntimeError(f"storescu failed: {done.stdout}{done.stderr}")
+    return elapsed
+
+
+def run(
+    workdir: Path,
+    models: Path,
+    backend: str,
+    config: str,
+    count: int,
+    size: int,
+    reference: bool,
+) -> None:
     expected, settings = CONFIGS[config]
     quiet = 0.0 if expected is not None else QUIET_S
-    with full_stack(
-        workdir,
-        models,
-        backend=backend,
-        expected_instances=expected,
-        quiet_s=QUIET_S,
-        settings=settings,
-    ) as stack:
+    (workdir / "relay").mkdir(parents=True)
+    with (
+        full_stack(
+            workdir,
+            models,
+            backend=backend,
+            expected_instances=expected,
+            quiet_s=QUIET_S,
+            settings=settings,
+        ) as stack,
+        storescp(workdir / "relay", max_pdu=16384, fsync=False) as relay,
+    ):
         latencies: list[float] = []
+        floors: list[float] = []
         sends: list[float] = []
         uids: list[str] = []
-        for study_uid, path in studies(workdir / "studies", count, size):
+        for index, (study_uid, path) in enumerate(studies(workdir / "studies", count, size)):
             start = now()
             done = send_one(stack, study_uid, path)
             latencies.append((done - start).total_seconds() - quiet)
             sends.append((first_received(stack.engine, study_uid) - start).total_seconds() * 1e3)
             uids.append(study_uid)
+            if reference:
+                results = delivered_files(stack, study_uid)
+                copies = renamed_copies(results, workdir / "reference" / str(index))
+                floors.append(dcmtk_floor_ms(stack, relay.port, path, copies))
         stored = len(stack.orthanc.get("/instances"))
         stages = job_stages(stack.engine, uids)
     assembled = [s.get("assemble", 0.0) - quiet * 1e3 for s in stages]
@@ -112,7 +189,12 @@ def run(workdir: Path, models: Path, backend: str, config: str, count: int, size
         f"| {backend} | {config} | {count} | {percentile(latencies, 50) * 1e3:.0f} | "
         f"{percentile(latencies, 95) * 1e3:.0f} | {median(sends):.0f} | "
         + " | ".join(f"{breakdown[name]:.0f}" for name in STAGES)
-        + f" | {stored} |",
+        + f" | {stored} | "
+        + (
+            f"{median(floors):.0f} | {percentile(latencies, 50) * 1e3 / median(floors):.2f} |"
+            if floors
+            else "- | - |"
+        ),
         flush=True,
     )
 
@@ -125,12 +207,22 @@ def main() -> int:
     parser.add_argument(
         "--size", type=int, default=0, help="resample to a SIZE² 12-bit DX (0: the 1024² original)"
     )
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="leave out the dcmtk reference (storescu → storescp, storescu → Orthanc)",
+    )
     args = parser.parse_args()
     what = f"{args.size}² 12-bit DX" if args.size else "the 1024² 8-bit NIH DICOM"
     print(f"# end to end, single-image studies ({what}) one at a time; {machine()}")
     print(f"# quiet period {QUIET_S} s, subtracted from latencies where it applies ('quiet')")
     print("# milliseconds; stage columns are medians of Job.stage_ms ('assemble' less the quiet)")
+    print(
+        "# dcmtk floor: p50 of storescu → storescp (the study) + storescu → Orthanc (its results)"
+    )
     header = ["backend", "config", "studies", "p50", "p95", "send", *STAGES, "in Orthanc"]
+    header += ["dcmtk floor", "p50 / floor"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     with tempfile.TemporaryDirectory(prefix="radlight-bench-e2e-") as tmp:
@@ -138,7 +230,15 @@ def main() -> int:
         models = build_models(root)
         for backend in args.backends:
             for config in args.configs:
-                run(root / f"{backend}-{config}", models, backend, config, args.studies, args.size)
+                run(
+                    root / f"{backend}-{config}",
+                    models,
+                    backend,
+                    config,
+                    args.studies,
+                    args.size,
+                    args.reference,
+                )
     return 0
 
 
