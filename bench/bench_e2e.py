@@ -39,15 +39,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import generate_uid
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from bench.bench_ingest import AE_TITLE, make_instances, storescp
 from bench.stack import (
     SOURCE,
     Stack,
     build_models,
+    delivered_files,
     first_received,
     full_stack,
     job_stages,
@@ -56,10 +54,10 @@ from bench.stack import (
     median,
     now,
     percentile,
+    renamed_copies,
     send_one,
     stopwatch,
 )
-from db.models import Delivery, Job, Result, Study
 from radlight.stages import STAGES
 from tests.peers import storescu
 
@@ -96,36 +94,6 @@ def studies(folder: Path, count: int, size: int) -> list[tuple[str, Path]]:
         return make_studies(folder, count)
     paths = make_instances(SOURCE, size, count, folder)
     return [(str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID), p) for p in paths]
-
-
-def delivered_files(stack: Stack, study_uid: str) -> list[Path]:
-    """The result files of the study's job that were sent to the PACS, as RadLight stored them."""
-    store = Path(stack.env["RADLIGHT_DATA_DIR"]) / "store"
-    with Session(stack.engine) as session:
-        paths = session.scalars(
-            select(Result.relative_path)
-            .join(Job, Result.job_id == Job.id)
-            .join(Study, Job.study_id == Study.id)
-            .join(Delivery, Delivery.result_id == Result.id)
-            .where(Study.study_instance_uid == study_uid)
-            .distinct()
-        ).all()
-    return [store / path for path in paths]
-
-
-def renamed_copies(files: Sequence[Path], folder: Path) -> list[Path]:
-    """Copies with new SOP Instance UIDs: Orthanc keeps the first copy of an instance and would
-    answer a second one without storing it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for index, path in enumerate(files):
-        ds = pydicom.dcmread(path)
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        copy = folder / f"result{index}.dcm"
-        ds.save_as(copy, enforce_file_format=True)
-        copies.append(copy)
-    return copies
 
 
 def dcmtk_floor_ms(stack: Stack, relay_port: int, study: Path, results: Sequence[Path]) -> float:

@@ -204,6 +204,36 @@ def all_delivered(engine: Engine, study_uids: Sequence[str]) -> dict[str, dateti
     return times if len(times) == len(set(study_uids)) else None
 
 
+def delivered_files(stack: Stack, study_uid: str) -> list[Path]:
+    """The result files of the study's job that were sent to the PACS, as RadLight stored them."""
+    store = Path(stack.env["RADLIGHT_DATA_DIR"]) / "store"
+    with Session(stack.engine) as session:
+        paths = session.scalars(
+            select(Result.relative_path)
+            .join(Job, Result.job_id == Job.id)
+            .join(Study, Job.study_id == Study.id)
+            .join(Delivery, Delivery.result_id == Result.id)
+            .where(Study.study_instance_uid == study_uid)
+            .distinct()
+        ).all()
+    return [store / path for path in paths]
+
+
+def renamed_copies(files: Sequence[Path], folder: Path) -> list[Path]:
+    """Copies with new SOP Instance UIDs: Orthanc keeps the first copy of an instance and would
+    answer a second one without storing it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for index, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        copy = folder / f"result{index}.dcm"
+        ds.save_as(copy, enforce_file_format=True)
+        copies.append(copy)
+    return copies
+
+
 def job_stages(engine: Engine, study_uids: Sequence[str]) -> list[dict[str, float]]:
     with Session(engine) as session:
         rows = session.scalars(
