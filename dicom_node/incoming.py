@@ -10,8 +10,6 @@ The files are made ahead, empty, by a thread of their own (:class:`SpareFiles`).
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import logging
 import os
@@ -22,27 +20,14 @@ from typing import Any
 
 from pynetdicom import dimse_messages
 
+from dicom_node.store import start_writeback
+
 logger = logging.getLogger(__name__)
 
 WRITEBACK_BYTES = 2 * 1024 * 1024
 SPARE_FILES = 4  # per process: one per association receiving at once, for the usual few
 SPARE_RETRY_S = 1.0  # after a failed attempt (disk full, folder gone) to make one
 PREFIX, SUFFIX = ".receiving-", ".dcm"
-_SYNC_FILE_RANGE_WRITE = 2  # start write-back of dirty pages in the range; do not wait
-
-
-def _sync_file_range() -> Any:
-    """libc's sync_file_range (Linux), which Python's os module lacks; None elsewhere."""
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return function
-
-
-_START_WRITEBACK = _sync_file_range()
 
 
 class SpareFiles:
@@ -164,10 +149,8 @@ class IncomingFile:
         self.digest.update(data)
         self.size += total
         pending = self.size - self._written_back
-        if _START_WRITEBACK is not None and pending >= WRITEBACK_BYTES:
-            _START_WRITEBACK(
-                self.file.fileno(), self._written_back, pending, _SYNC_FILE_RANGE_WRITE
-            )
+        if pending >= WRITEBACK_BYTES:
+            start_writeback(self.file.fileno(), self._written_back, pending)
             self._written_back = self.size
         return total
 

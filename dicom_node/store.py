@@ -6,6 +6,8 @@ instead of being copied.
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import os
@@ -15,10 +17,34 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from radlight.errors import StoreError, StoreFullError
 from radlight.uids import is_valid_uid
+
+_SYNC_FILE_RANGE_WRITE = 2  # start write-back of dirty pages in the range; do not wait
+
+
+def _sync_file_range() -> Any:
+    """libc's sync_file_range (Linux), which Python's os module lacks; None elsewhere."""
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Ask the kernel to start writing a file's dirty pages (``length`` 0: to the end) to disk
+    without waiting, so that a later fsync waits only for what is left. A no-op where the call
+    does not exist; a failure is harmless, since the fsync still writes everything."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 @dataclass(frozen=True)
@@ -157,17 +183,31 @@ class InstanceStore:
     def write_files(self, files: Sequence[tuple[str, Callable[[BinaryIO], object]]]) -> None:
         """Write several files atomically and durably, each by its ``fill`` (e.g. a DICOM
         writer writing straight into the file, with no copy in memory); existing files are
-        replaced whole. Each file is fsynced before it is renamed into place, and each folder
-        once after all its renames: a job's results share two folders, so two folder fsyncs
-        instead of one per file. Nothing is hashed (``write`` hashes; results need no digest).
+        replaced whole. Every file is filled first, its write-back started as soon as it is
+        filled, so the disk writes one while the next is encoded; then each is fsynced and
+        renamed into place, and each folder fsynced once after all its renames. Nothing is
+        hashed (``write`` hashes; results need no digest).
         On an error, the files already renamed stay (each whole), the rest are not written."""
         targets = [self.absolute(relative) for relative, _ in files]
         with _store_errors():
             made: list[Path] = []
             for target in targets:
                 made += _make_folders(target.parent)
-            for target, (_, fill) in zip(targets, files, strict=True):
-                _replace_durably(target, fill, fsync_folder=False)
+            filled: list[tuple[int, str, Path]] = []
+            try:
+                for target, (_, fill) in zip(targets, files, strict=True):
+                    fd, tmp_name = _filled_temp(target, fill)
+                    filled.append((fd, tmp_name, target))
+                for fd, tmp_name, target in filled:
+                    os.fsync(fd)
+                    os.replace(tmp_name, target)
+            except BaseException:
+                for _, tmp_name, _ in filled:
+                    Path(tmp_name).unlink(missing_ok=True)  # those renamed already are gone
+                raise
+            finally:
+                for fd, _, _ in filled:
+                    os.close(fd)
             _fsync_dirs(dict.fromkeys([*(target.parent for target in targets), *made]))
 
     def adopt(self, source: Path, relative_path: str, *, sha256: str | None = None) -> StoredFile:
@@ -243,21 +283,32 @@ class InstanceStore:
             raise StoreError(f"could not read {relative_path!r}: {exc.strerror}") from exc
 
 
-def _replace_durably(
-    target: Path, fill: Callable[[BinaryIO], object], *, fsync_folder: bool = True
-) -> None:
-    """Fill a temp file beside ``target``, fsync it, rename it over ``target``, fsync the folder
-    and the folders made for it (unless the caller does it once for several files)."""
-    made = _make_folders(target.parent)
+def _filled_temp(target: Path, fill: Callable[[BinaryIO], object]) -> tuple[int, str]:
+    """A temp file beside ``target`` filled by ``fill``, its write-back started: its open
+    descriptor and name. On an error it is removed."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "wb", closefd=False) as handle:
             fill(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        start_writeback(fd)
+    except BaseException:
+        os.close(fd)
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return fd, tmp_name
+
+
+def _replace_durably(target: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Fill a temp file beside ``target``, fsync it, rename it over ``target``, fsync the folder
+    and the folders made for it."""
+    made = _make_folders(target.parent)
+    fd, tmp_name = _filled_temp(target, fill)
+    try:
+        os.fsync(fd)
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    if fsync_folder:
-        _fsync_dirs([target.parent, *made])
+    finally:
+        os.close(fd)
+    _fsync_dirs([target.parent, *made])

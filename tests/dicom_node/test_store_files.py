@@ -9,7 +9,7 @@ import pytest
 
 import dicom_node.store as store_module
 from dicom_node.store import InstanceStore
-from radlight.errors import StoreError
+from radlight.errors import StoreError, StoreFullError
 from tests.page_cache import cached_pages
 
 
@@ -32,10 +32,13 @@ def test_files_land_whole_in_new_folders_and_replace_older_ones(tmp_path: Path) 
     assert leftovers == []
 
 
-def test_a_failing_writer_leaves_no_partial_file(tmp_path: Path) -> None:
+def test_a_failing_writer_leaves_no_file_of_the_set(tmp_path: Path) -> None:
+    """Every file is filled before any is renamed: a writer that fails leaves none in place,
+    an older copy untouched, and no temp file behind."""
     store = InstanceStore(tmp_path / "store")
     first = store.result_path("2.25.1", "2.25.2", "2.25.3")
     second = store.result_path("2.25.1", "2.25.2", "2.25.6")
+    store.write_files([(first, _bytes(b"older"))])
 
     def broken(handle: BinaryIO) -> None:
         handle.write(b"half")
@@ -43,9 +46,90 @@ def test_a_failing_writer_leaves_no_partial_file(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="could not write to the store"):
         store.write_files([(first, _bytes(b"whole")), (second, broken)])
-    assert store.read(first) == b"whole"
+    assert store.read(first) == b"older"
     assert not store.absolute(second).exists()
     assert [p.name for p in store.absolute(second).parent.iterdir()] == ["2.25.3.dcm"]
+
+
+def test_a_failing_rename_keeps_the_files_already_in_place_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = InstanceStore(tmp_path / "store")
+    first = store.result_path("2.25.1", "2.25.2", "2.25.3")
+    second = store.result_path("2.25.1", "2.25.2", "2.25.6")
+    replace = os.replace
+
+    def failing_second(source: str, target: Path) -> None:
+        if Path(target).name == "2.25.6.dcm":
+            raise OSError(28, "No space left on device")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_second)
+    with pytest.raises(StoreFullError):
+        store.write_files([(first, _bytes(b"whole")), (second, _bytes(b"second"))])
+    assert store.read(first) == b"whole"
+    assert [p.name for p in store.absolute(second).parent.iterdir()] == ["2.25.3.dcm"]
+
+
+def test_every_file_is_filled_and_started_to_disk_before_the_first_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk writes one file while the next is filled; each file is fsynced before its
+    rename, and the folders once, after every rename (what makes the set durable)."""
+    events: list[str] = []
+    fsync, replace, start = os.fsync, os.replace, store_module.start_writeback
+    fsync_dir = store_module._fsync_dir
+
+    def fill(name: str) -> Callable[[BinaryIO], None]:
+        def write(handle: BinaryIO) -> None:
+            events.append(f"fill {name}")
+            handle.write(name.encode())
+
+        return write
+
+    def record_start(fd: int, offset: int = 0, length: int = 0) -> None:
+        events.append("start")
+        start(fd, offset, length)
+
+    def record_fsync(fd: int) -> None:
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):  # folders are recorded by record_dir
+            events.append("fsync")
+        fsync(fd)
+
+    def record_replace(source: str, target: Path) -> None:
+        events.append(f"rename {Path(target).stem}")
+        replace(source, target)
+
+    def record_dir(path: Path) -> None:
+        events.append(f"folder {path.relative_to(tmp_path)}")
+        fsync_dir(path)
+
+    monkeypatch.setattr(store_module, "start_writeback", record_start)
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    monkeypatch.setattr(store_module, "_fsync_dir", record_dir)
+    store = InstanceStore(tmp_path / "store")
+    store.root.mkdir()
+    a = store.result_path("2.25.1", "2.25.2", "2.25.3")
+    b = store.result_path("2.25.1", "2.25.4", "2.25.5")
+    store.write_files([(a, fill("a")), (b, fill("b"))])
+
+    first_folder = next(i for i, event in enumerate(events) if event.startswith("folder"))
+    assert events[:first_folder] == [
+        "fill a",
+        "start",
+        "fill b",
+        "start",
+        "fsync",
+        "rename 2.25.3",
+        "fsync",
+        "rename 2.25.5",
+    ]
+    # Each folder whose entries changed, once: both series, the study, results/ and the root.
+    series = ("results/2.25.1/2.25.2", "results/2.25.1/2.25.4")
+    changed = ["store", *(f"store/{folder}" for folder in ("results", "results/2.25.1", *series))]
+    assert sorted(events[first_folder:]) == sorted(f"folder {folder}" for folder in changed)
+    assert (store.read(a), store.read(b)) == (b"a", b"b")
 
 
 def test_dropped_files_leave_the_page_cache_and_stay_on_disk(tmp_path: Path) -> None:
