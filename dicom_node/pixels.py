@@ -9,7 +9,7 @@ arithmetic (modality LUT, VOI LUT or window, scaling, inversion) runs once per p
 value, not once per pixel, and the image is one lookup; the range of an image without a window
 comes from its histogram. The result is the same, byte for byte, as the arithmetic over every
 pixel, which other pixel data (floating point, 32-bit) still takes. A 2048² 12-bit image took
-38 to 65 ms the old way on the development VM and about 20 the new (docs/PERFORMANCE.md).
+36 to 74 ms the old way on the development VM, and 12 to 27 the new (docs/PERFORMANCE.md).
 """
 
 from typing import Any
@@ -39,20 +39,25 @@ def to_display_uint8(ds: Dataset) -> NDArray[np.uint8]:
 
 
 class _Image:
-    """The image's values as the windowing sees them: each pixel once (``counts`` None), or each
-    possible stored value once with how many pixels hold it (``counts``)."""
+    """The image's values as the windowing sees them: each pixel once (the default), or each
+    possible stored value once, with ``present`` selecting the codes whose values bound those
+    of the image and ``counts`` how many pixels hold each code (for its percentiles)."""
 
-    def __init__(self, counts: NDArray[np.intp] | None = None) -> None:
+    def __init__(
+        self, present: NDArray[Any] | None = None, counts: NDArray[np.intp] | None = None
+    ) -> None:
+        self.present = present
         self.counts = counts
-        self.present = None if counts is None else counts > 0
 
     def shown(self, values: NDArray[Any]) -> NDArray[Any]:
-        """The values that occur in the image."""
+        """Values whose smallest and largest are the image's."""
         return values if self.present is None else values[self.present]
 
     def percentiles(self, values: NDArray[Any]) -> tuple[float, ...]:
-        if self.counts is None:
+        if self.present is None:
             return tuple(float(v) for v in np.percentile(values, PERCENTILES))
+        if self.counts is None:
+            raise RuntimeError("percentiles need the image's histogram")
         return _percentiles(values, self.counts, PERCENTILES)
 
 
@@ -104,11 +109,21 @@ def _display_by_table(
     looked up: the same operations on the same types, element by element, so the same bytes.
 
     The codes are the pixels' bit patterns read as unsigned (a signed image's negative values
-    too), which index the histogram and the table."""
+    too), which index the histogram and the table. The histogram is made only where it is
+    needed: without LUT sequences every step is monotonic (a rescale, a LINEAR, LINEAR_EXACT or
+    SIGMOID window, the scaling), so the values of the smallest and largest stored value bound
+    the image's, and with a window or 8 bits no percentile is taken."""
     unsigned = pixels.view(np.dtype(f"u{pixels.dtype.itemsize}"))
-    counts = np.bincount(unsigned.ravel(), minlength=1 << (8 * pixels.dtype.itemsize))
-    stored = np.arange(counts.size, dtype=unsigned.dtype).view(pixels.dtype)  # code -> value
-    image = _Image(counts)
+    size = 1 << (8 * pixels.dtype.itemsize)
+    stored = np.arange(size, dtype=unsigned.dtype).view(pixels.dtype)  # code -> value
+    monotonic = "ModalityLUTSequence" not in ds and "VOILUTSequence" not in ds
+    no_percentiles = "WindowCenter" in ds or int(ds.get("BitsStored", 8) or 8) <= 8
+    if monotonic and no_percentiles:
+        extremes = np.array([pixels.min(), pixels.max()], dtype=pixels.dtype)
+        image = _Image(present=extremes.view(unsigned.dtype).astype(np.intp))
+    else:
+        counts = np.bincount(unsigned.ravel(), minlength=size)
+        image = _Image(present=counts > 0, counts=counts)
     values, low, high = _display_values(stored, ds, image)
     lookup = _scaled(values, low, high, photometric, image)
     display: NDArray[np.uint8] = np.take(lookup, unsigned)
