@@ -3,7 +3,9 @@
 Measured (bench/bench_cold_start.py, docs/PERFORMANCE.md): a child's first job took about twice
 as long as its later ones, most of it outside the job's stages: reading the model file, its
 sha256 and building its session, and the database's first connection. None of that depends on
-the job, so it is done here, in a thread of the child's own, as soon as Celery has forked it.
+the job, so it is done here, in a thread of the child's own, as soon as Celery has forked it,
+with the items of each model's findings report (``workers.results.sr.prepare_findings_reports``),
+which its first report made otherwise (about 30 ms).
 The thread never fails the child: what it cannot load is logged, and the job that needs it
 loads it (and reports why not) as before. A job that arrives while a model is being loaded
 waits for that load (``models.runtime`` builds each session once).
@@ -17,10 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.models import Route
+from models.labels import finding_code
 from models.registry import ModelEntry
 from models.runtime import CACHE_SIZE, load_model
 from radlight.errors import ModelError
+from workers.analysis import algorithm_of
 from workers.context import WorkerContext
+from workers.results.sr import prepare_findings_reports
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ def warm_up(ctx: WorkerContext) -> list[ModelEntry]:
         try:
             entry = ctx.registry.get(name, version)
             load_model(entry)
+            labels = [finding_code(label.name) for label in entry.card.labels]
+            prepare_findings_reports(algorithm_of(entry), labels)
         except ModelError as exc:
             logger.warning("worker warm-up: model %s %s not loaded: %s", name, version, exc)
             continue

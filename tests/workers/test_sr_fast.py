@@ -214,3 +214,22 @@ def test_frozen_algorithm_identity_keys_the_prototypes() -> None:
     assert sr._prototypes(dataclasses.replace(ALGORITHM, version="9.9")) is not sr._prototypes(
         ALGORITHM
     )
+
+
+def test_prepared_items_make_the_same_report(sources: list[pydicom.Dataset]) -> None:
+    """A worker's warm-up makes every finding's items before the first report
+    (``prepare_findings_reports``): all 14 scores and both evaluations of each are made, and the
+    report is still the one the templates make."""
+    sr._prototypes.cache_clear()
+    codes = [FindingScore.for_label(label, 0.0).code for label in CHEST_XRAY14_LABELS]
+    sr.prepare_findings_reports(ALGORITHM, codes)
+    prepared = sr._prototypes(ALGORITHM)
+    assert set(prepared._scores) == set(codes)
+    assert set(prepared._presences) == {(code, present) for code in codes for present in (1, 0)}
+    made = {id(item) for item in [*prepared._scores.values(), *prepared._presences.values()]}
+    fast, oracle = build_both(images=[findings_of(sources[0], FOURTEEN)])
+    assert_same_report(fast, oracle)
+    # Built from the prepared items, none made anew.
+    assert {id(item) for item in [*prepared._scores.values(), *prepared._presences.values()]} == (
+        made
+    )

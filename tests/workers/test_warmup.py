@@ -10,9 +10,12 @@ import pytest
 from db.config import upsert_route
 from db.session import transaction
 from models.export import BuiltModel
+from models.labels import finding_code
 from models.runtime import clear_session_cache, loaded_model_sha256s
 from tests.workers.conftest import worker_settings
+from workers.analysis import algorithm_of
 from workers.context import WorkerContext, build_context
+from workers.results import sr
 from workers.warmup import route_models, start_warm_up, warm_up
 
 
@@ -39,6 +42,21 @@ def test_the_enabled_routes_models_are_loaded(ctx: WorkerContext, tiny_model: Bu
     assert route_models(ctx) == [(card.name, card.version), (card.name, None)]
     assert [(e.name, e.version) for e in loaded] == [(card.name, card.version)] * 2
     assert loaded_model_sha256s() == {tiny_model.card.sha256}
+
+
+def test_the_report_items_of_each_loaded_model_are_made(
+    ctx: WorkerContext, tiny_model: BuiltModel
+) -> None:
+    """Each finding's score and Present/Absent items of the model's report, made before its
+    first report (``workers.results.sr.prepare_findings_reports``)."""
+    sr._prototypes.cache_clear()
+    add_route(ctx, "chest", tiny_model.card.name)
+    [entry] = warm_up(ctx)
+    prototypes = sr._prototypes(algorithm_of(entry))
+    codes = {finding_code(label.name) for label in tiny_model.card.labels}
+    assert len(codes) == 14
+    assert set(prototypes._scores) == codes
+    assert set(prototypes._presences) == {(c, p) for c in codes for p in (True, False)}
 
 
 def test_a_model_that_is_not_installed_is_logged_and_the_rest_still_load(
