@@ -70,10 +70,18 @@ def _display_values(
     has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
     if bits_stored <= 8 and not has_voi and "ModalityLUTSequence" not in ds:
         return stored.astype(np.float32), 0.0, float(2**bits_stored - 1)
-    values = apply_modality_lut(stored, ds)
+    # pydicom reads the LUT and window attributes as it applies them; a broken one (a LUT
+    # without its descriptor or data, a window of width 0) is the image's fault, said plainly.
+    try:
+        values = apply_modality_lut(stored, ds)
+        if has_voi:
+            values = apply_voi_lut(values, ds, index=0)
+        window = None if not has_voi or ds.get("VOILUTSequence") else _window_range(ds)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise NotAnalysableError(
+            f"the image's modality or VOI LUT cannot be applied: {exc}"
+        ) from exc
     if has_voi:
-        values = apply_voi_lut(values, ds, index=0)
-        window = None if ds.get("VOILUTSequence") else _window_range(ds)
         shown = image.shown(values)
         low, high = window or (float(np.min(shown)), float(np.max(shown)))
     else:

@@ -157,6 +157,37 @@ def test_images_without_contrast_are_refused_alike(make: Callable[[], Dataset]) 
     assert "no contrast" in str(by_table.value)
 
 
+BROKEN: dict[str, Callable[[], Dataset]] = {
+    "modality LUT item without a descriptor": lambda: synthetic(
+        noise(0, 4095), bits_stored=12, ModalityLUTSequence=[Dataset()]
+    ),
+    "window of width 0": lambda: synthetic(
+        noise(0, 4095), bits_stored=12, WindowCenter=2000, WindowWidth=0
+    ),
+    "8-bit, window of width 0": lambda: synthetic(
+        noise(0, 255), bits_stored=8, WindowCenter=100, WindowWidth=0
+    ),
+}
+
+
+@pytest.mark.parametrize("make", BROKEN.values(), ids=BROKEN.keys())
+def test_broken_lut_or_window_attributes_are_refused_with_their_reason(
+    make: Callable[[], Dataset],
+) -> None:
+    """pydicom fails on them as it applies them; both ways say the image is not analysable, and
+    why, instead of letting pydicom's AttributeError or ValueError through."""
+    ds = make()
+    with pytest.raises(
+        NotAnalysableError, match="modality or VOI LUT cannot be applied"
+    ) as by_pixel:
+        by_arithmetic(ds)
+    with pytest.raises(
+        NotAnalysableError, match="modality or VOI LUT cannot be applied"
+    ) as by_table:
+        to_display_uint8(ds)
+    assert str(by_table.value) == str(by_pixel.value)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
 def test_percentiles_from_a_histogram_are_numpys(dtype: type[np.integer]) -> None:
     """For values given per code with their counts, the same floats as ``np.percentile`` of the
