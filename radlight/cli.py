@@ -75,18 +75,22 @@ def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE
-    from workers.tasks import app
 
     queues = args.queues or f"{QUEUE_INFERENCE},{QUEUE_DELIVERY}"
     concurrency = args.concurrency or settings.worker_concurrency
+    pool = args.pool or settings.worker_pool
     # The pool's processes read their settings afresh: tell them how many of them share the
-    # cores, from which each sizes its inference threads.
+    # cores, from which each sizes its inference threads, and whether they batch across jobs.
     os.environ["RADLIGHT_WORKER_CONCURRENCY"] = str(concurrency)
+    os.environ["RADLIGHT_WORKER_POOL"] = pool
+    from workers.tasks import app  # after the environment: the app reads its settings on import
+
     argv = [
         "worker",
         f"--loglevel={settings.log_level}",
         f"--queues={queues}",
         f"--concurrency={concurrency}",
+        f"--pool={pool}",
         "--without-gossip",
         "--without-mingle",
     ]
@@ -273,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker = add("worker", cmd_worker, "run a Celery worker")
     worker.add_argument("--queues", help="comma-separated queue names (default: all)")
-    worker.add_argument("--concurrency", type=int, help="worker processes")
+    worker.add_argument("--concurrency", type=int, help="jobs at once (processes or threads)")
+    worker.add_argument(
+        "--pool",
+        choices=("prefork", "threads"),
+        help="prefork: a process per job (default); threads: one process, a thread per job, "
+        "which dynamic batching (RADLIGHT_INFERENCE_BATCH_MAX) needs",
+    )
     worker.add_argument("--hostname", help="Celery node name")
     add("api", cmd_api, "run the REST API and dashboard")
     init = add("init", cmd_init, "migrate and install defaults (model, route)")

@@ -8,7 +8,7 @@ under ``data_dir``, and Celery on kombu's filesystem transport (a queue in a fol
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -82,13 +82,39 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
 
     worker_concurrency: int = Field(default=1, ge=1, le=64)
+    worker_pool: Literal["prefork", "threads"] = Field(
+        default="prefork",
+        description="prefork: worker_concurrency processes, one job each (the CPU's choice: "
+        "building results is Python, one core per process). threads: one process runs "
+        "worker_concurrency jobs in threads sharing one session per model, which is what "
+        "dynamic batching (inference_batch_max) needs; for a GPU, run a few such workers.",
+    )
+    inference_batch_max: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="With the threads pool: the most images one model run takes from the jobs "
+        "running at once (dynamic batching across studies, models/batching.py); 1 = every job "
+        "runs the model alone. For a GPU; on a CPU a batch gains little (docs/PERFORMANCE.md).",
+    )
+    inference_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="How long a batched run waits for more images after its first (each job's "
+        "inference waits at most this much more). 0 takes only what is already waiting when "
+        "the model is free; jobs that got their results from one run then come back a moment "
+        "apart and the first runs alone (bench/bench_batching.py: 1.3 images per run with 2 "
+        "jobs at 0 ms, 2.0 at 2 ms).",
+    )
     inference_threads: int = Field(
         default=0,
         ge=0,
         le=256,
         description="onnxruntime intra-op threads per worker process; 0 = the cores this process "
-        "may run on divided by the worker processes (worker_concurrency), at least 1, so N "
-        "workers on C cores do not oversubscribe the CPU.",
+        "may run on divided by the worker processes (worker_concurrency with the prefork pool, "
+        "1 with the threads pool), at least 1, so N workers on C cores do not oversubscribe "
+        "the CPU.",
     )
     inference_spinning: bool = Field(
         default=False,
@@ -240,7 +266,13 @@ class Settings(BaseSettings):
         worker processes."""
         if self.inference_threads:
             return self.inference_threads
-        return max(1, len(os.sched_getaffinity(0)) // self.worker_concurrency)
+        processes = self.worker_concurrency if self.worker_pool == "prefork" else 1
+        return max(1, len(os.sched_getaffinity(0)) // processes)
+
+    @property
+    def batches_inference(self) -> bool:
+        """Whether a worker stacks the images of its concurrent jobs into one model run."""
+        return self.worker_pool == "threads" and self.inference_batch_max > 1
 
     @property
     def effective_broker_url(self) -> str:

@@ -16,7 +16,8 @@ STAGES: dict[str, str] = {
     "queue_wait": "Job committed to claimed by a worker: dispatch, broker and a free worker.",
     "decode": "Stored instances read, parsed, decoded and windowed to 8 bits.",
     "preprocess": "Resize, crop and normalise to the model's input tensor.",
-    "inference": "The ONNX model's run (scores and feature maps, the per-label CAM matmul).",
+    "inference": "The ONNX model's run (scores and feature maps, the per-label CAM matmul); "
+    "with dynamic batching, the wait for the run shared with other jobs too.",
     "cam": "Each present finding's map put back on the image and its region found.",
     "build": "Result objects built (SC, SR, ...), encoded, written and recorded.",
     "deliver": "First attempt at sending every result to every destination (C-STORE).",

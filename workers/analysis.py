@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from db.models import ResultKind, SCEncoding
+from models.batching import infer_batched
 from models.cam import ImageCam
 from models.preprocess import CropGeometry, prepare_image
 from models.registry import ModelEntry
@@ -174,7 +175,7 @@ def run_model(
 ) -> list[ImageFindings]:
     """Run the model over ``images``: each image's findings, with a region for the present ones
     and a full-size heatmap for those ``options`` draw; ``clock``, if given, receives the time
-    spent preprocessing, in the model and on the CAMs."""
+    spent preprocessing, in the model (with batching, the wait for a run too) and on the CAMs."""
     clock = clock if clock is not None else StageClock()
     card = entry.card
     model = load_model(entry)
@@ -182,7 +183,8 @@ def run_model(
         prepared = [prepare_image(image.display, card.preprocessing) for image in images]
         batch = np.stack([p.tensor for p in prepared])
     with clock.stage("inference"):
-        output = model.infer(batch)
+        # With dynamic batching on, other jobs' images may share this run (models/batching.py).
+        output = infer_batched(model).infer(batch)
     with clock.stage("cam"):
         return [
             _finding_results(

@@ -42,12 +42,16 @@ def _prepare_parent(**_: Any) -> None:
 
     An engine made and dropped here (it never connects) imports the database driver and its
     SQLAlchemy dialect once, not in each child (100 ms); ``onnx``, which loading a model needs
-    and nothing imports before that, likewise (1 s and more; models.contract)."""
+    and nothing imports before that, likewise (1 s and more; models.contract). With the threads
+    pool this process runs the jobs itself and starts its warm-up here."""
     load_standard_tables()
     make_engine(_settings.effective_database_url).dispose()
     import_onnx()
     gc.collect()
     gc.freeze()
+    if _settings.worker_pool == "threads":
+        # No child will be forked: this process runs the jobs, so it warms itself up.
+        start_warm_up(process_context())
 
 
 JOB_RETRY_DELAYS_S = (5, 30, 120)

@@ -58,3 +58,13 @@ def test_automatic_threads_share_the_cores_among_the_worker_processes() -> None:
     assert Settings(worker_concurrency=1).effective_inference_threads == cores
     assert Settings(worker_concurrency=cores).effective_inference_threads == 1
     assert Settings(worker_concurrency=cores * 4).effective_inference_threads == 1
+
+
+def test_a_threads_pool_is_one_process_and_batches_only_when_asked() -> None:
+    cores = len(os.sched_getaffinity(0))
+    threads = Settings(worker_pool="threads", worker_concurrency=8)
+    assert threads.effective_inference_threads == cores
+    assert not threads.batches_inference
+    assert Settings(worker_pool="threads", inference_batch_max=8).batches_inference
+    # A prefork process runs one job at a time: there is nothing to batch with.
+    assert not Settings(worker_pool="prefork", inference_batch_max=8).batches_inference

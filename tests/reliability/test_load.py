@@ -26,13 +26,39 @@ STUDIES_PER_SENDER = int(os.environ.get("RADLIGHT_LOAD_STUDIES", "5"))
 def test_concurrent_senders_nothing_lost_nothing_duplicated(
     tmp_path: Path, real_dicom_files: list[Path]
 ) -> None:
-    # A summary SC and an SR per study; two worker processes.
+    # Two worker processes.
+    _load(tmp_path, real_dicom_files, ("--concurrency", "2"), {})
+
+
+def test_a_threads_pool_batching_across_jobs_loses_nothing(
+    tmp_path: Path, real_dicom_files: list[Path]
+) -> None:
+    """The GPU layout (docs/DEPLOYMENT.md): one worker process running four jobs in threads,
+    their images stacked into shared model runs (models/batching.py)."""
+    worker_log = _load(
+        tmp_path,
+        real_dicom_files,
+        ("--pool", "threads", "--concurrency", "4"),
+        {"RADLIGHT_INFERENCE_BATCH_MAX": "4", "RADLIGHT_INFERENCE_BATCH_WAIT_MS": "50"},
+    )
+    assert "dynamic batching on: up to 4 images per model run from 4 concurrent jobs" in worker_log
+    assert "concurrency: 4 (thread)" in worker_log  # Celery's banner: one process, 4 threads
+
+
+def _load(
+    tmp_path: Path,
+    real_dicom_files: list[Path],
+    worker_args: tuple[str, ...],
+    settings: dict[str, str],
+) -> str:
+    """Send every sender's studies at once and check every count; returns the worker's log."""
+    # A summary SC and an SR per study.
     with deployment(
-        tmp_path, start=False, settings={"RADLIGHT_OVERLAYS_PER_IMAGE": "0"}
+        tmp_path, start=False, settings={"RADLIGHT_OVERLAYS_PER_IMAGE": "0", **settings}
     ) as deployed:
         engine, port, orthanc = deployed.engine, deployed.port, deployed.orthanc
         assert orthanc is not None
-        worker = deployed.start("worker", "worker", "--concurrency", "2")
+        worker = deployed.start("worker", "worker", *worker_args)
         node = deployed.start_node()
 
         batches: list[list[Path]] = []
@@ -92,3 +118,4 @@ def test_concurrent_senders_nothing_lost_nothing_duplicated(
         assert recorded_studies == jobs == studies
         assert claims == {1}  # every job ran once
         assert results == sent == in_pacs == 2 * studies
+        return worker.log()
