@@ -91,6 +91,10 @@ def test_workers_split_the_queues_and_only_inference_gets_a_gpu() -> None:
     devices = raw["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert raw["worker-gpu"]["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    # The GPU worker runs its jobs in threads of one process and batches their images.
+    gpu = parser.parse_args(raw["worker-gpu"]["command"])
+    assert (gpu.pool, gpu.concurrency) == ("threads", 8)
+    assert raw["worker-gpu"]["environment"]["RADLIGHT_INFERENCE_BATCH_MAX"] == "8"
     assert all("deploy" not in raw[name] for name in raw if name != "worker-gpu")
 
 

@@ -222,6 +222,28 @@ def test_gpu_pool_asks_for_gpus_on_gpu_nodes_and_cpu_only_does_not() -> None:
         assert "nvidia.com/gpu" not in yaml.safe_dump(rendered(case))
 
 
+def _worker_setup(case: str) -> tuple[Any, dict[str, str]]:
+    worker = container(deployment(rendered(case), "worker-inference"))
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    return cli.build_parser().parse_args(worker["args"]), env
+
+
+def test_the_gpu_pool_batches_across_jobs_and_the_default_does_not() -> None:
+    args, env = _worker_setup("gpu-pool")
+    assert (args.pool, args.concurrency) == ("threads", 8)
+    assert env["RADLIGHT_INFERENCE_BATCH_MAX"] == "8"
+    settings = Settings(
+        worker_pool=args.pool,
+        worker_concurrency=args.concurrency,
+        inference_batch_max=int(env["RADLIGHT_INFERENCE_BATCH_MAX"]),
+        inference_batch_wait_ms=float(env["RADLIGHT_INFERENCE_BATCH_WAIT_MS"]),
+    )
+    assert settings.batches_inference
+    args, env = _worker_setup("defaults")
+    assert (args.pool, args.concurrency) == ("prefork", 1)
+    assert env["RADLIGHT_INFERENCE_BATCH_MAX"] == "1"
+
+
 def test_keda_objects_point_at_real_things() -> None:
     docs = rendered("autoscaling")
     deployments = of_kind(docs, "Deployment")
