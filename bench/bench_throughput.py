@@ -13,7 +13,9 @@ new SOP Instance UIDs) to the same Orthanc, one association per study, as RadLig
 Its studies/hour is what moving the data costs on this machine with no processing; RadLight's
 rate divided by it moves far less with the machine's speed than either rate alone.
 
-Prints studies/hour per worker count; the goal is ≥ 20,000. Run:
+Prints studies/hour per worker count; the goal is ≥ 20,000. ``--pool threads`` runs the
+``--workers`` jobs in threads of one worker process (the GPU layout) and ``--batch N`` turns on
+dynamic batching across them (``RADLIGHT_INFERENCE_BATCH_MAX``). Run:
 ``python -m bench.bench_throughput`` (``--studies 200 --workers 1 2 --backend postgresql``).
 """
 
@@ -112,8 +114,13 @@ def run(
     count: int,
     senders: int,
     reference: bool,
+    pool: str = "prefork",
+    batch: int = 1,
 ) -> None:
-    with full_stack(workdir, models, backend=backend, workers=workers) as stack:
+    settings = {"RADLIGHT_INFERENCE_BATCH_MAX": str(batch)}
+    with full_stack(
+        workdir, models, backend=backend, workers=workers, pool=pool, settings=settings
+    ) as stack:
         studies = make_studies(workdir / "studies", count)
         uids = [uid for uid, _ in studies]
         start = now()
@@ -145,7 +152,7 @@ def run(
         ]
     )
     print(
-        f"| {backend} | {workers} | {senders} | {count} | {elapsed:.1f} | "
+        f"| {backend} | {workers} {pool}, batch {batch} | {senders} | {count} | {elapsed:.1f} | "
         f"{(sent - start).total_seconds():.1f} | {per_hour:,.0f} | {work:.0f} | {waits:.0f} | "
         f"{stored} | " + (f"{floor:,.0f} | {per_hour / floor:.2f} |" if floor else "- | - |"),
         flush=True,
@@ -164,12 +171,24 @@ def main() -> int:
         action="store_false",
         help="leave out the dcmtk reference (the same studies in and results out by storescu)",
     )
+    parser.add_argument(
+        "--pool",
+        default="prefork",
+        choices=["prefork", "threads"],
+        help="the worker's pool: --workers processes, or one process running --workers jobs",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="RADLIGHT_INFERENCE_BATCH_MAX (dynamic batching; with --pool threads)",
+    )
     args = parser.parse_args()
     print(f"# throughput, single-image studies; {machine()}")
     print(f"# worker time = median of the job's own stages ({', '.join(list(STAGES)[3:])}) in ms")
     print(
-        "| backend | workers | senders | studies | seconds | sending s | studies/hour | "
-        "worker ms/job | queue wait ms | in Orthanc | dcmtk studies/hour | RadLight / dcmtk |"
+        "| backend | jobs at once (pool, batch) | senders | studies | seconds | sending s | "
+        "studies/hour | worker ms/job | queue wait ms | in Orthanc | dcmtk studies/hour | RadLight / dcmtk |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="radlight-bench-tp-") as tmp:
@@ -184,6 +203,8 @@ def main() -> int:
                 args.studies,
                 args.senders,
                 args.reference,
+                args.pool,
+                args.batch,
             )
     return 0
 

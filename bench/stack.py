@@ -98,9 +98,10 @@ def full_stack(
     quiet_s: float = 5.0,
     settings: dict[str, str] | None = None,
     warm_up: bool = True,
+    pool: str = "prefork",
 ) -> Iterator[Stack]:
     """Everything started, a destination and a route configured, and (``warm_up``) one study per
-    worker process delivered."""
+    job the worker runs at once delivered. ``pool``: the worker's (``radlight worker --pool``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(run_redis(workdir / "redis"))
@@ -133,7 +134,7 @@ def full_stack(
         radlight(env, *route)
         node = stack.enter_context(radlight_service(env, workdir, "dicom-node"))
         worker = stack.enter_context(
-            radlight_service(env, workdir, "worker", "--concurrency", str(workers))
+            radlight_service(env, workdir, "worker", "--concurrency", str(workers), "--pool", pool)
         )
 
         def node_answers() -> bool:
