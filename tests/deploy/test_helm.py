@@ -365,6 +365,11 @@ def test_dicom_service_type_follows_values() -> None:
         ({"dicomNode": {"service": {"type": "ClusterIP"}}}, "/dicomNode/service/type"),
         ({"dicomnode": {"replicas": 2}}, "dicomnode"),
         ({"workers": {"inference": {"concurrency": 0}}}, "/workers/inference/concurrency"),
+        ({"workers": {"inference": {"pool": "gevent"}}}, "/workers/inference/pool"),
+        (
+            {"workers": {"inference": {"batching": {"maxImages": 0}}}},
+            "/workers/inference/batching/maxImages",
+        ),
         ({"settings": {"aeTitle": "A_TITLE_LONGER_THAN_16"}}, "/settings/aeTitle"),
         ({"secrets": {"databaseUrl": "mysql://x"}}, "/secrets/databaseUrl"),
     ],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from pydantic import ValidationError
 
 from models.export import build_tiny_classifier
 from models.runtime import Classifier, clear_session_cache, set_intra_op_threads
@@ -68,3 +69,18 @@ def test_a_threads_pool_is_one_process_and_batches_only_when_asked() -> None:
     assert Settings(worker_pool="threads", inference_batch_max=8).batches_inference
     # A prefork process runs one job at a time: there is nothing to batch with.
     assert not Settings(worker_pool="prefork", inference_batch_max=8).batches_inference
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("worker_pool", "gevent"),
+        ("inference_batch_max", 0),
+        ("inference_batch_max", 257),
+        ("inference_batch_wait_ms", -1),
+        ("inference_batch_wait_ms", 5000),
+    ],
+)
+def test_worker_pool_and_batching_settings_refuse_nonsense(setting: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=setting):
+        Settings(**{setting: value})  # type: ignore[arg-type]
