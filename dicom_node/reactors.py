@@ -164,6 +164,13 @@ class WakingAssociation(Association):
             self._work.clear()  # before the checks: work arriving after them sets it again
             self._reactor_checkpoint.wait()
             self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                # A send_*() paused us after the wait returned, having read _is_paused while it
+                # was still True: its response is not ours to take off the queue. pynetdicom's
+                # own loop has this window; the CI once saw it steal a C-ECHO-RSP ("Received
+                # unexpected C-ECHO service message") and the request time out.
+                self._work.set()  # look again as soon as the send lets us go
+                continue
             context_id, msg = self.dimse.get_msg(block=False)
             if msg:
                 self._work.set()  # another message may be queued behind it

@@ -7,6 +7,7 @@ and its own network timeout."""
 import contextlib
 import io
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +16,14 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 import dicom_node.reactors as reactors
 from db.migrate import upgrade
 from dicom_node.node import DicomNode
-from dicom_node.scu import KeptAssociations, Outgoing, Peer
+from dicom_node.scu import KeptAssociations, Outgoing, Peer, SenderAE
 from dicom_node.status import STATUS_SUCCESS
 from dicom_node.transport import NodeDUL
 from tests.dicom_node.conftest import node_settings, running_node
@@ -165,8 +166,10 @@ def sqlite_node(tmp_path: Path) -> Iterator[DicomNode]:
 
 @contextlib.contextmanager
 def associated(node: DicomNode) -> Iterator[tuple[Association, reactors.WakingAssociation]]:
-    """A pynetdicom SCU's association to the node, and the node's side of it."""
-    ae = AE(ae_title="PACS")
+    """RadLight's SCU's association to the node (the waking reactors on both sides; pynetdicom's
+    own reactor can take a response meant for ``send_c_echo``, see ``WakingAssociation``), and
+    the node's side of it."""
+    ae = SenderAE(ae_title="PACS")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.settings.dicom_port, ae_title="RADLIGHT")
     assert assoc.is_established
@@ -222,3 +225,44 @@ def test_the_node_ends_an_association_idle_for_its_network_timeout(sqlite_node: 
         wait_for(lambda: not assoc.is_established, timeout=15, what="the node's timeout")
         assert not theirs.is_established
         wait_for(lambda: not theirs.dul.is_alive(), timeout=10, what="the node's upper layer")
+
+
+class _ClearedAsItReturns(threading.Event):
+    """A reactor checkpoint that a send_*() clears just after the reactor's wait returned: the
+    window in which pynetdicom's reactor takes the response the send is waiting for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set()
+        self.raced = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        passed = super().wait(timeout)
+        if passed and not self.raced.is_set():
+            self.clear()  # the sender pauses the reactor here, too late for the wait
+            self.raced.set()
+        return passed
+
+
+@pytest.mark.integration
+def test_a_response_queued_while_a_send_pauses_the_reactor_is_left_to_the_send(
+    sqlite_node: DicomNode,
+) -> None:
+    with associated(sqlite_node) as (assoc, _):
+        assert isinstance(assoc, reactors.WakingAssociation)
+        served: list[object] = []
+        assoc._serve_request = lambda msg, context_id: served.append(msg)  # type: ignore[method-assign]
+        response = C_ECHO()
+        response.MessageIDBeingRespondedTo = 1
+        response.Status = STATUS_SUCCESS
+        assoc.dimse.msg_queue.put((1, response))
+        checkpoint = _ClearedAsItReturns()
+        assoc._reactor_checkpoint = checkpoint
+        assoc._work.set()
+        assert checkpoint.raced.wait(timeout=10)
+        time.sleep(0.2)  # the reactor is paused now; before the fix it had served the response
+        assert served == []
+        assert assoc.dimse.get_msg(block=False) == (1, response)  # still there for the send
+        checkpoint.set()
+        statuses = [assoc.send_c_echo().Status for _ in range(3)]
+        assert statuses == [STATUS_SUCCESS] * 3
