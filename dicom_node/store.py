@@ -188,27 +188,34 @@ class InstanceStore:
         renamed into place, and each folder fsynced once after all its renames. Nothing is
         hashed (``write`` hashes; results need no digest).
         On an error, the files already renamed stay (each whole), the rest are not written."""
-        targets = [self.absolute(relative) for relative, _ in files]
+        staged: list[StagedFile] = []
+        try:
+            for relative, fill in files:
+                staged.append(self.stage(relative, fill))
+            for item in staged:
+                item.commit()
+        except BaseException:
+            for item in staged:
+                item.discard()  # those committed already are left as they are
+            raise
+        self.sync_folders(staged)
+
+    def stage(self, relative_path: str, fill: Callable[[BinaryIO], object]) -> "StagedFile":
+        """Fill a file beside its place in the store, its write-back started, without waiting
+        for the disk: ``StagedFile.commit`` (from any thread) then makes it durable and puts it
+        in place, and ``sync_folders`` makes the renames durable. So a worker can go on building
+        the next result while the disk takes this one."""
+        target = self.absolute(relative_path)
         with _store_errors():
-            made: list[Path] = []
-            for target in targets:
-                made += _make_folders(target.parent)
-            filled: list[tuple[int, str, Path]] = []
-            try:
-                for target, (_, fill) in zip(targets, files, strict=True):
-                    fd, tmp_name = _filled_temp(target, fill)
-                    filled.append((fd, tmp_name, target))
-                for fd, tmp_name, target in filled:
-                    os.fsync(fd)
-                    os.replace(tmp_name, target)
-            except BaseException:
-                for _, tmp_name, _ in filled:
-                    Path(tmp_name).unlink(missing_ok=True)  # those renamed already are gone
-                raise
-            finally:
-                for fd, _, _ in filled:
-                    os.close(fd)
-            _fsync_dirs(dict.fromkeys([*(target.parent for target in targets), *made]))
+            made = _make_folders(target.parent)
+            fd, tmp_name = _filled_temp(target, fill)
+        return StagedFile(fd, tmp_name, target, (target.parent, *made))
+
+    def sync_folders(self, staged: Iterable["StagedFile"]) -> None:
+        """fsync, once each, the folders of committed staged files (their renames, and the
+        folders made for them)."""
+        with _store_errors():
+            _fsync_dirs(dict.fromkeys(folder for item in staged for folder in item.folders))
 
     def adopt(self, source: Path, relative_path: str, *, sha256: str | None = None) -> StoredFile:
         """Move a complete received file into place durably (fsync, rename, fsync folder).
@@ -281,6 +288,41 @@ class InstanceStore:
             return self.absolute(relative_path).read_bytes()
         except OSError as exc:
             raise StoreError(f"could not read {relative_path!r}: {exc.strerror}") from exc
+
+
+class StagedFile:
+    """A filled temp file beside ``target``, not yet in its place (see ``InstanceStore.stage``).
+
+    ``commit`` fsyncs it and renames it over ``target``; ``discard`` removes it unless it was
+    committed. Each runs once; both close the descriptor."""
+
+    def __init__(self, fd: int, tmp_name: str, target: Path, folders: tuple[Path, ...]) -> None:
+        self.target = target
+        self.folders = folders  # to fsync once it is in place: its own, and those made for it
+        self._fd: int | None = fd
+        self._tmp_name = tmp_name
+        self.committed = False
+
+    def commit(self) -> None:
+        if self._fd is None:
+            raise StoreError(f"{self.target.name} was already committed or discarded")
+        try:
+            with _store_errors():
+                os.fsync(self._fd)
+                os.replace(self._tmp_name, self.target)
+            self.committed = True
+        finally:
+            os.close(self._fd)
+            self._fd = None
+            if not self.committed:
+                Path(self._tmp_name).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self.committed:
+            Path(self._tmp_name).unlink(missing_ok=True)
 
 
 def _filled_temp(target: Path, fill: Callable[[BinaryIO], object]) -> tuple[int, str]:

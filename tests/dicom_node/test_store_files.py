@@ -179,3 +179,27 @@ def test_adopting_into_a_new_study_makes_every_new_folder_entry_durable(
     assert synced[0] == "file"
     assert sorted(synced[1:]) == sorted(map(str, [study / "2.25.2", study, area, store.root]))
     assert store.read(relative) == b"instance"
+
+
+def test_a_staged_file_is_in_place_only_once_committed(tmp_path: Path) -> None:
+    """A worker fills a result's file and goes on building while another thread commits it:
+    until then the place holds the older copy; a staged file discarded leaves nothing, and
+    discarding one already committed leaves it in place."""
+    store = InstanceStore(tmp_path / "store")
+    kept = store.result_path("2.25.1", "2.25.2", "2.25.3")
+    dropped = store.result_path("2.25.1", "2.25.2", "2.25.6")
+    store.write_files([(kept, _bytes(b"older"))])
+
+    first = store.stage(kept, _bytes(b"newer"))
+    second = store.stage(dropped, _bytes(b"never in place"))
+    assert store.read(kept) == b"older"
+    assert not store.absolute(dropped).exists()
+    first.commit()
+    store.sync_folders([first])
+    for staged in (first, second):
+        staged.discard()
+
+    assert store.read(kept) == b"newer"
+    assert [p.name for p in store.absolute(kept).parent.iterdir()] == ["2.25.3.dcm"]
+    with pytest.raises(StoreError, match="already committed or discarded"):
+        first.commit()
