@@ -30,9 +30,10 @@ class ResultRecord:
 
 def record_results(
     *, session: Session, job_id: int, records: Sequence[ResultRecord]
-) -> list[list[int]]:
+) -> list[dict[int, int]]:
     """Upsert the job's result rows (keyed on SOP Instance UID: a re-run replaces) and a delivery
-    per enabled destination of each; returns each record's delivery ids, in order.
+    per enabled destination of each; returns each record's deliveries, in order, as destination
+    id → delivery id.
 
     A delivery that a re-run finds SENT or FAILED is put back in line with a fresh budget (its
     result was replaced); a pending or retrying one is kept. Two selects and one flush (and an
@@ -48,7 +49,7 @@ def record_results(
             .options(selectinload(Result.deliveries))
         )
     }
-    deliveries: list[list[Delivery]] = []
+    deliveries: list[list[Delivery]] = []  # each record's, in its destinations' order
     to_reopen: list[Delivery] = []
     for record in records:
         result = existing.get(record.sop_instance_uid)
@@ -80,4 +81,4 @@ def record_results(
     session.flush()
     for delivery in to_reopen:
         reopen_delivery(session=session, delivery_id=delivery.id)
-    return [[delivery.id for delivery in mine] for mine in deliveries]
+    return [{delivery.destination_id: delivery.id for delivery in mine} for mine in deliveries]

@@ -10,7 +10,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
@@ -274,15 +274,14 @@ class KeptAssociations:
         self._wanted: dict[Peer, dict[str, list[str]]] = {}
         self._lock = threading.Lock()
 
-    def expect(self, peer: Peer, items: Sequence[Outgoing]) -> None:
-        """Say what is about to be sent to ``peer``, so that an association opened for the first
-        of them proposes every SOP class and transfer syntax of the lot at once."""
+    def expect(self, peer: Peer, kinds: Iterable[tuple[str, UID]]) -> None:
+        """Say what is about to be sent to ``peer`` (SOP class and transfer syntax of each kind
+        of object), so that an association opened for the first of them proposes them all at
+        once, not one reopened association per new kind."""
         with self._lock:
             wanted = self._wanted.setdefault(peer, {})
-            for item in items:
-                sop_class = item.sop_class_uid
-                syntaxes = proposed_syntaxes(item.transfer_syntax)
-                wanted[sop_class] = _union(wanted.get(sop_class, []), syntaxes)
+            for sop_class, syntax in kinds:
+                wanted[sop_class] = _union(wanted.get(sop_class, []), proposed_syntaxes(syntax))
 
     def send(self, peer: Peer, item: Outgoing) -> int:
         """C-STORE ``item`` to ``peer``; its status, or a DeliveryError (as :func:`send_file`)."""

@@ -19,8 +19,10 @@ STAGES: dict[str, str] = {
     "inference": "The ONNX model's run (scores and feature maps, the per-label CAM matmul); "
     "with dynamic batching, the wait for the run shared with other jobs too.",
     "cam": "Each present finding's map put back on the image and its region found.",
-    "build": "Result objects built (SC, SR, ...), encoded, written and recorded.",
-    "deliver": "First attempt at sending every result to every destination (C-STORE).",
+    "build": "Result objects built (SC, SR, ...), encoded, written and recorded; with inline "
+    "delivery, each result is sent while the next is built.",
+    "deliver": "After the results are recorded, the wait for the first attempt at sending every "
+    "result to every destination (C-STORE) to end.",
 }
 
 

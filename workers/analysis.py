@@ -11,14 +11,22 @@ analysed" SR instead (``not_analysed``). Pure apart from inference: no database,
 synthetic findings).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import (
+    UID,
+    ComprehensiveSRStorage,
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from db.models import ResultKind, SCEncoding
 from models.batching import infer_batched
@@ -222,8 +230,38 @@ def build_results(
 ) -> list[BuiltResult]:
     """Every result object of a job from its images' findings, linked to each other: SCs, SEG and
     GSPS per image as ``options`` ask, and the SR. Pure: no model, no I/O."""
-    image_results = build_image_results(job, algorithm, images, options)
-    return [*image_results, build_report_result(job, algorithm, images, image_results)]
+    return list(iter_results(job, algorithm, images, options))
+
+
+def result_classes(options: ResultOptions, encoding: SCEncoding) -> list[tuple[str, UID]]:
+    """The SOP classes and transfer syntaxes of the objects a job with ``options`` may send to a
+    destination that takes ``encoding``'s Secondary Captures: what its association proposes."""
+    sc_syntax = JPEGBaseline8Bit if encoding is SCEncoding.JPEG_BASELINE else ExplicitVRLittleEndian
+    classes = [
+        (SecondaryCaptureImageStorage, sc_syntax),
+        (ComprehensiveSRStorage, ExplicitVRLittleEndian),
+    ]
+    if options.segmentation:
+        classes.append((SegmentationStorage, ExplicitVRLittleEndian))
+    if options.presentation_state:
+        classes.append((GrayscaleSoftcopyPresentationStateStorage, ExplicitVRLittleEndian))
+    return [(str(sop_class), UID(syntax)) for sop_class, syntax in classes]
+
+
+def iter_results(
+    job: JobIdentity,
+    algorithm: AlgorithmInfo,
+    images: Sequence[ImageFindings],
+    options: ResultOptions,
+) -> Iterator[BuiltResult]:
+    """``build_results`` one object at a time, each finished and linked when it is yielded (the
+    SR last, since it lists the others), so a worker can store and send each while the next is
+    built. Pure: no model, no I/O."""
+    image_results: list[BuiltResult] = []
+    for result in iter_image_results(job, algorithm, images, options):
+        image_results.append(result)
+        yield result
+    yield build_report_result(job, algorithm, images, image_results)
 
 
 def _report_reference(uid: _Uids) -> ReportReference:
@@ -240,10 +278,24 @@ def build_image_results(
 ) -> list[BuiltResult]:
     """The job's images (SCs, SEG and GSPS per image as ``options`` ask), already linked to the
     job's step and its report-to-be. Pure: no model, no I/O."""
+    return list(iter_image_results(job, algorithm, images, options))
+
+
+def iter_image_results(
+    job: JobIdentity,
+    algorithm: AlgorithmInfo,
+    images: Sequence[ImageFindings],
+    options: ResultOptions,
+) -> Iterator[BuiltResult]:
+    """``build_image_results`` one object at a time, each linked before it is yielded."""
     uid = _Uids(job, algorithm)
     when = job.created_at
+    step, report = _job_step(job, algorithm, uid), _report_reference(uid)
 
-    results: list[BuiltResult] = []
+    def linked(result: BuiltResult) -> BuiltResult:
+        link_job_objects([result.dataset], step, report)
+        return result
+
     overlay_counts = dict.fromkeys(SCEncoding, 0)  # instance numbers, per SC series
     for index, findings in enumerate(images):
         source_uid = findings.sop_instance_uid
@@ -273,7 +325,7 @@ def build_image_results(
                     transfer_syntax_uid=syntax,
                     max_side=options.overlay_max_side,
                 )
-                results.append(
+                yield linked(
                     BuiltResult(
                         ResultKind.HEATMAP_SC,
                         overlay,
@@ -295,7 +347,7 @@ def build_image_results(
                 max_side=options.overlay_max_side,
             )
             present = [f.score.label for f in findings.present()]
-            results.append(
+            yield linked(
                 BuiltResult(
                     ResultKind.SUMMARY_SC, summary_sc, source_uid, {"present": present}, encoding
                 )
@@ -311,7 +363,7 @@ def build_image_results(
                 content_datetime=when,
             )
             if seg is not None:
-                results.append(BuiltResult(ResultKind.PROBABILITY_SEG, seg, source_uid, {}))
+                yield linked(BuiltResult(ResultKind.PROBABILITY_SEG, seg, source_uid, {}))
         if options.presentation_state:
             gsps = build_region_annotations(
                 image=findings,
@@ -323,11 +375,7 @@ def build_image_results(
                 content_datetime=when,
             )
             if gsps is not None:
-                results.append(BuiltResult(ResultKind.REGION_GSPS, gsps, source_uid, {}))
-    link_job_objects(
-        [r.dataset for r in results], _job_step(job, algorithm, uid), _report_reference(uid)
-    )
-    return results
+                yield linked(BuiltResult(ResultKind.REGION_GSPS, gsps, source_uid, {}))
 
 
 def build_report_result(

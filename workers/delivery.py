@@ -1,25 +1,19 @@
 """Delivering results to destinations, with the state and reason recorded.
 
-``deliver_job_results`` is the fast path: the job's own worker sends every result of the job at
-once, over an association kept open per destination (one handshake, TCP_NODELAY). What fails there
-is left RETRYING with its back-off and returned, for the caller to put on the delivery queue, where
-``deliver_result`` sends one delivery per task, as every retry does.
+The fast path is the job's own worker sending each result as it is built, over an association kept
+open per destination (``workers.result_stream``); ``record_send_outcomes`` records how that went.
+What failed there is left RETRYING with its back-off and returned, for the caller to put on the
+delivery queue, where ``deliver_result`` sends one delivery per task, as every retry does.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from db.deliveries import (
-    claim_deliveries,
-    claim_delivery,
-    destinations_of,
-    mark_deliveries_sent,
-    mark_delivery,
-)
+from db.deliveries import claim_delivery, mark_deliveries_sent, mark_delivery
 from db.models import Delivery, DeliveryState
 from db.session import transaction
-from dicom_node.scu import Outgoing, Peer, send_file
+from dicom_node.scu import Peer, send_file
 from radlight.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from workers.context import WorkerContext
 
@@ -88,61 +82,29 @@ def _after_failure(
     return DeliveryOutcome(state=state, retry_in_s=delay, reason=reason)
 
 
-@dataclass(frozen=True)
-class _Claimed:
-    delivery_id: int
-    peer: Peer
-    attempts: int
-    item: Outgoing
-
-
-def deliver_job_results(
-    deliveries: Sequence[tuple[int, Outgoing]], ctx: WorkerContext
+def record_send_outcomes(
+    ctx: WorkerContext, attempts: Mapping[int, int], outcomes: Mapping[int, int | DeliveryError]
 ) -> list[tuple[int, float | None]]:
-    """Send the given deliveries' stored files now, over ``ctx.sender``'s kept associations.
-
-    Returns ``(delivery id, back-off seconds)`` of the deliveries to queue for a retry; the failed
-    ones are already recorded (RETRYING or FAILED, with the reason). Once a destination cannot be
-    reached, the rest of its deliveries are not tried again in this call: they wait for the retry.
-    """
-    with transaction(ctx.sessions) as session:
-        attempts = claim_deliveries(
-            session=session, delivery_ids=[delivery_id for delivery_id, _ in deliveries]
-        )
-        peers = {
-            delivery_id: Peer.of(destination)
-            for delivery_id, destination in destinations_of(
-                session=session, delivery_ids=list(attempts)
-            ).items()
-        }
-    claimed = [
-        _Claimed(delivery_id, peers[delivery_id], attempts[delivery_id], item)
-        for delivery_id, item in deliveries
-        if delivery_id in attempts
-    ]
-    for peer in {claim.peer for claim in claimed}:
-        ctx.sender.expect(peer, [c.item for c in claimed if c.peer == peer])
-    sent: list[tuple[int, int]] = []
+    """Record how the claimed deliveries ``attempts`` (delivery id → attempts, counting this one)
+    went, from ``outcomes`` (delivery id → DIMSE status, or why not): SENT, or RETRYING with its
+    back-off, or FAILED with the reason. Returns ``(delivery id, back-off seconds)`` of those to
+    queue for a retry. Outcomes of deliveries not claimed here are another sender's to record."""
+    sent: dict[int, int] = {}
     retries: list[tuple[int, float | None]] = []
-    unreachable: dict[Peer, TransientDeliveryError] = {}
-    for claim in claimed:
-        error: DeliveryError | None = unreachable.get(claim.peer)
-        if error is None:
-            try:
-                sent.append((claim.delivery_id, ctx.sender.send(claim.peer, claim.item)))
-                continue
-            except DeliveryError as exc:
-                error = exc
-            except OSError as exc:
-                error = TransientDeliveryError(f"cannot send the result: {exc}")
-            if isinstance(error, TransientDeliveryError) and error.status is None:
-                unreachable[claim.peer] = error  # no association at all: do not knock again
-        transient = isinstance(error, TransientDeliveryError)
-        outcome = _after_failure(ctx, claim.delivery_id, claim.attempts, error, transient=transient)
-        if outcome.state is DeliveryState.RETRYING:
-            retries.append((claim.delivery_id, outcome.retry_in_s))
+    for delivery_id, outcome in outcomes.items():
+        if delivery_id not in attempts:
+            continue
+        if not isinstance(outcome, DeliveryError):
+            sent[delivery_id] = outcome
+            continue
+        transient = isinstance(outcome, TransientDeliveryError)
+        after = _after_failure(
+            ctx, delivery_id, attempts[delivery_id], outcome, transient=transient
+        )
+        if after.state is DeliveryState.RETRYING:
+            retries.append((delivery_id, after.retry_in_s))
     if sent:
         with transaction(ctx.sessions) as session:
-            mark_deliveries_sent(session=session, statuses=dict(sent))
+            mark_deliveries_sent(session=session, statuses=sent)
         logger.info("%d results sent over kept associations", len(sent))
     return retries

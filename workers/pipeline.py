@@ -12,20 +12,21 @@ made for a report posted through the API (``Job.report_id``) grounds that text o
 """
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from io import BytesIO
-from typing import BinaryIO
+from itertools import chain
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from db.deliveries import claim_deliveries
 from db.jobs import claim_job, finish_job, record_stages
 from db.models import (
     Destination,
@@ -40,7 +41,7 @@ from db.models import (
 from db.results import ResultRecord, record_results
 from db.session import transaction
 from dicom_node.reports import is_report, report_text
-from dicom_node.scu import Outgoing
+from dicom_node.scu import Peer
 from models.card import InputContract
 from models.registry import ModelEntry
 from radlight.errors import ModelError, NotAnalysableError, StoreError
@@ -52,15 +53,17 @@ from workers.analysis import (
     JobIdentity,
     ResultOptions,
     algorithm_of,
-    analyse,
+    iter_results,
     not_analysed,
+    result_classes,
+    run_model,
 )
 from workers.context import WorkerContext
-from workers.delivery import deliver_job_results
+from workers.delivery import record_send_outcomes
 from workers.grounding import ground_report
 from workers.imaging import check_age_range, check_input_contract, load_frontal_chest
 from workers.lease import held_lease, worker_name
-from workers.results.encoding import write_part10
+from workers.result_stream import ResultStream, StreamedResult, Target
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class JobInputs:
     thresholds: dict[str, float]  # the route's per-site thresholds, finding -> value
     waited_ms: dict[str, float]  # receive, assemble and queue wait, from the rows' timestamps
     posted_report: str | None = None  # the text of the API-posted report this job grounds
+    targets: tuple[Target, ...] = ()  # the route's enabled destinations, where results are sent
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ def _load_inputs(session: Session, job_id: int, ctx: WorkerContext) -> JobInputs
         thresholds=dict(job.route.thresholds or {}),
         waited_ms=_waited_ms(job),
         posted_report=job.report.text if job.report is not None else None,
+        targets=tuple(
+            Target(destination.id, Peer.of(destination), destination.sc_encoding)
+            for destination in job.route.destinations
+            if destination.enabled
+        ),
     )
 
 
@@ -213,16 +222,6 @@ def _read_inputs(ctx: WorkerContext, inputs: JobInputs, contract: InputContract)
     return read
 
 
-def _part10_writer(dataset: Dataset) -> Callable[[BinaryIO], None]:
-    """A filler for the store that writes ``dataset`` as a Part-10 file straight into the file,
-    with pydicom's bytes (its sequences encoded by :mod:`workers.results.encoding`)."""
-
-    def write(handle: BinaryIO) -> None:
-        write_part10(dataset, handle)
-
-    return write
-
-
 def _destinations_for(item: BuiltResult, destinations: list[Destination]) -> list[Destination]:
     """A Secondary Capture goes only where its encoding is wanted; everything else goes everywhere."""
     if item.sc_encoding is None:
@@ -230,58 +229,46 @@ def _destinations_for(item: BuiltResult, destinations: list[Destination]) -> lis
     return [d for d in destinations if d.sc_encoding is item.sc_encoding]
 
 
-def _store_results(
-    ctx: WorkerContext,
-    session: Session,
-    inputs: JobInputs,
-    entry: ModelEntry,
-    built: list[BuiltResult],
-) -> list[tuple[int, Outgoing]]:
-    """Write and record every result, replacing an earlier run's; returns the deliveries to send,
-    each with its stored file."""
+def _record_results(
+    session: Session, inputs: JobInputs, entry: ModelEntry, stored: list[StreamedResult]
+) -> list[dict[int, int]]:
+    """Record every stored result and its deliveries, replacing an earlier run's; returns each
+    result's deliveries (destination id → delivery id)."""
     job = session.get(Job, inputs.job_id)
     assert job is not None
     destinations = list(job.route.destinations)
-    to_send: list[tuple[int, Outgoing]] = []
-    relatives = [
-        ctx.store.result_path(
-            str(item.dataset.StudyInstanceUID),
-            str(item.dataset.SeriesInstanceUID),
-            str(item.dataset.SOPInstanceUID),
-        )
-        for item in built
-    ]
-    ctx.store.write_files(
-        [
-            (relative, _part10_writer(item.dataset))
-            for relative, item in zip(relatives, built, strict=True)
-        ]
-    )
     records = [
         ResultRecord(
-            sop_instance_uid=str(item.dataset.SOPInstanceUID),
-            sop_class_uid=str(item.dataset.SOPClassUID),
-            series_instance_uid=str(item.dataset.SeriesInstanceUID),
-            kind=item.kind,
-            sc_encoding=item.sc_encoding,
-            source_sop_instance_uid=item.source_sop_instance_uid,
-            relative_path=relative,
+            sop_instance_uid=str(streamed.item.dataset.SOPInstanceUID),
+            sop_class_uid=str(streamed.item.dataset.SOPClassUID),
+            series_instance_uid=str(streamed.item.dataset.SeriesInstanceUID),
+            kind=streamed.item.kind,
+            sc_encoding=streamed.item.sc_encoding,
+            source_sop_instance_uid=streamed.item.source_sop_instance_uid,
+            relative_path=streamed.relative_path,
             model_name=entry.card.name,
             model_version=entry.card.version,
-            summary=item.summary,
-            destinations=_destinations_for(item, destinations),
+            summary=streamed.item.summary,
+            destinations=_destinations_for(streamed.item, destinations),
         )
-        for relative, item in zip(relatives, built, strict=True)
+        for streamed in stored
     ]
-    delivery_ids = record_results(session=session, job_id=job.id, records=records)
-    for relative, item, ids in zip(relatives, built, delivery_ids, strict=True):
-        outgoing = Outgoing(
-            path=ctx.store.absolute(relative),
-            sop_class_uid=str(item.dataset.SOPClassUID),
-            transfer_syntax=UID(str(item.dataset.file_meta.TransferSyntaxUID)),
-        )
-        to_send.extend((delivery_id, outgoing) for delivery_id in ids)
-    return to_send
+    return record_results(session=session, job_id=job.id, records=records)
+
+
+def _streamed_deliveries(
+    stream: ResultStream, deliveries: list[dict[int, int]]
+) -> list[dict[int, int]]:
+    """Of each result's deliveries, those its stream sends (destination id → delivery id): to
+    the targets the job loaded that want it. A destination enabled meanwhile is left out."""
+    return [
+        {
+            target.destination_id: mine[target.destination_id]
+            for target in stream.targets
+            if target.wants(streamed.item) and target.destination_id in mine
+        }
+        for streamed, mine in zip(stream.results, deliveries, strict=True)
+    ]
 
 
 def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
@@ -315,7 +302,7 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
             state = JobState.SUCCEEDED
             reason = f"some images not analysed: {skipped_note}" if read.skipped else None
             try:
-                built = _analyse(inputs, entry, read, clock)
+                results = _analyse(inputs, entry, read, clock)
             except ModelError as exc:
                 return _finish(
                     ctx, job_id, JobState.FAILED, f"model failed: {exc}", entry, clock=clock
@@ -324,75 +311,103 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
             state = JobState.NOT_ANALYSED
             nothing = "no image to ground the report on" if read.reports else "no input instances"
             reason = f"not analysed: {skipped_note or nothing}"
-            with clock.stage("build"):
-                built = not_analysed(
+            results = iter(
+                not_analysed(
                     inputs.identity, algorithm_of(entry), read.skipped_datasets, read.skipped
                 )
-        with clock.stage("build"), transaction(ctx.sessions) as session:
-            to_send = _store_results(ctx, session, inputs, entry, built)
-            finish_job(
-                session=session,
-                job_id=job_id,
-                state=state,
-                reason=reason,
-                model_version=entry.card.version,
-                model_sha256=entry.sha256,
             )
-            record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
-        log = logger.info if state is JobState.SUCCEEDED else logger.warning
-        log(
-            "job %d %s: %d results%s",
-            job_id,
-            state.value,
-            len(built),
-            f" ({reason})" if reason else "",
-        )
-        _deliver(ctx, job_id, to_send, clock)
+        targets = inputs.targets if ctx.settings.delivery_inline else ()
+        expected = partial(result_classes, inputs.options)
+        with ResultStream(ctx.store, ctx.sender, targets, expected) as stream:
+            with clock.stage("build"):
+                for item in results:
+                    stream.add(item)
+                stored = stream.stored()
+            with clock.stage("build"), transaction(ctx.sessions) as session:
+                deliveries = _record_results(session, inputs, entry, stored)
+                streamed = _streamed_deliveries(stream, deliveries)
+                attempts = claim_deliveries(
+                    session=session, delivery_ids=[i for mine in streamed for i in mine.values()]
+                )
+                finish_job(
+                    session=session,
+                    job_id=job_id,
+                    state=state,
+                    reason=reason,
+                    model_version=entry.card.version,
+                    model_sha256=entry.sha256,
+                )
+                record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
+            log = logger.info if state is JobState.SUCCEEDED else logger.warning
+            log(
+                "job %d %s: %d results%s",
+                job_id,
+                state.value,
+                len(stored),
+                f" ({reason})" if reason else "",
+            )
+            _deliver(ctx, job_id, stream, deliveries, streamed, attempts, clock)
         return state
 
 
 def _analyse(
     inputs: JobInputs, entry: ModelEntry, read: ReadInputs, clock: StageClock
-) -> list[BuiltResult]:
-    """The job's results: findings (unless it only grounds a posted report) and grounded reports
-    on the first analysed image (sorted by SOP Instance UID)."""
+) -> Iterator[BuiltResult]:
+    """The job's results, built as they are taken: findings (unless it only grounds a posted
+    report), then grounded reports on the first analysed image (sorted by SOP Instance UID).
+    Every model runs before this returns, so a ModelError comes before any result is sent."""
     image = read.analysed[0]
+    max_side = inputs.options.overlay_max_side
     if inputs.posted_report is not None:
         with clock.stage("build"):
-            return ground_report(
-                inputs.identity,
-                entry,
-                image,
-                inputs.posted_report,
-                None,
-                inputs.options.overlay_max_side,
+            return iter(
+                ground_report(inputs.identity, entry, image, inputs.posted_report, None, max_side)
             )
-    built = analyse(inputs.identity, entry, read.analysed, inputs.options, clock)
+    findings = run_model(entry, read.analysed, inputs.options, clock)
     with clock.stage("build"):
-        for report, text in read.reports:
-            built.extend(
-                ground_report(
-                    inputs.identity, entry, image, text, report, inputs.options.overlay_max_side
-                )
-            )
-    return built
+        grounded = [
+            result
+            for report, text in read.reports
+            for result in ground_report(inputs.identity, entry, image, text, report, max_side)
+        ]
+    findings_results = iter_results(inputs.identity, algorithm_of(entry), findings, inputs.options)
+    return chain(findings_results, grounded)
 
 
 def _deliver(
-    ctx: WorkerContext, job_id: int, to_send: list[tuple[int, Outgoing]], clock: StageClock
+    ctx: WorkerContext,
+    job_id: int,
+    stream: ResultStream,
+    deliveries: list[dict[int, int]],
+    streamed: list[dict[int, int]],
+    attempts: dict[int, int],
+    clock: StageClock,
 ) -> None:
-    """Send the job's results now (``delivery_inline``) and queue what failed for a retry, or
-    queue every delivery as its own task; then record the delivery stage."""
-    queued: list[tuple[int, float | None]] = [(delivery_id, None) for delivery_id, _ in to_send]
-    if ctx.settings.delivery_inline and to_send:
+    """Wait for the results the stream is sending (``delivery_inline``) and record how each went,
+    with the delivery stage; then queue, each as its own task, what failed for a retry and every
+    delivery the stream did not send (inline delivery off, or a destination enabled meanwhile)."""
+    queued: list[tuple[int, float | None]] = []
+    if attempts:
         with clock.stage("deliver"):
-            queued = deliver_job_results(to_send, ctx)
-        ctx.store.drop_cached(dict.fromkeys(item.path for _, item in to_send))
+            outcomes = {
+                delivery_id: outcome
+                for sent, mine in zip(stream.sent(), streamed, strict=True)
+                for destination_id, outcome in sent.items()
+                if (delivery_id := mine.get(destination_id)) is not None
+            }
+            queued = record_send_outcomes(ctx, attempts, outcomes)
         try:
             with transaction(ctx.sessions) as session:
                 record_stages(session=session, job_id=job_id, stage_ms=clock.ordered())
         except SQLAlchemyError as exc:  # the results are out; only a timing is lost
             logger.warning("could not record job %d's delivery time: %s", job_id, exc)
+    sending = {delivery_id for mine in streamed for delivery_id in mine.values()}
+    queued += [
+        (delivery_id, None)
+        for mine in deliveries
+        for delivery_id in mine.values()
+        if delivery_id not in sending
+    ]
     for delivery_id, countdown in queued:
         try:
             ctx.producer.enqueue_delivery(delivery_id, countdown=countdown)

@@ -240,7 +240,7 @@ def test_results_and_their_deliveries_are_recorded_claimed_and_sent_in_bulk(
             records=[_record("2.25.10", [pacs, off]), _record("2.25.11", [pacs])],
         )
     assert [len(each) for each in ids] == [1, 1]  # no delivery to a disabled destination
-    first, second = ids[0][0], ids[1][0]
+    first, second = ids[0][pacs.id], ids[1][pacs.id]
     with transaction(sessions) as session:
         assert claim_deliveries(session=session, delivery_ids=[first, second]) == {
             first: 1,

@@ -173,7 +173,7 @@ def test_results_on_a_kept_association_arrive_whole_and_in_order(
     kept = KeptAssociations(calling_ae="RADLIGHT")
     with receiver(str(datasets[0].SOPClassUID), max_pdu=0) as scp:
         peer = Peer("127.0.0.1", scp.port, "PEER")
-        kept.expect(peer, items)
+        kept.expect(peer, [(item.sop_class_uid, item.transfer_syntax) for item in items])
         try:
             statuses = [kept.send(peer, item) for item in items]
         finally:

@@ -11,7 +11,7 @@ per destination; a destination that cannot be reached leaves them RETRYING on th
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.events import Event
 from sqlalchemy import select
 
@@ -76,10 +76,14 @@ class Pacs:
 
 
 @contextlib.contextmanager
-def counting_pacs() -> Iterator[Pacs]:
-    """A real pynetdicom storage SCP (every storage SOP class) that counts associations."""
+def counting_pacs(status_of: Callable[[pydicom.Dataset], int] | None = None) -> Iterator[Pacs]:
+    """A real pynetdicom storage SCP (every storage SOP class, in every transfer syntax) that
+    counts associations and answers each C-STORE with ``status_of(dataset)`` (Success)."""
     ae = AE(ae_title="PACS")
-    ae.supported_contexts = AllStoragePresentationContexts
+    ae.supported_contexts = [
+        build_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts
+    ]
     pacs = Pacs(free_port())
     lock = threading.Lock()
 
@@ -90,7 +94,7 @@ def counting_pacs() -> Iterator[Pacs]:
     def store(event: Event) -> int:
         with lock:
             pacs.received.append(str(event.dataset.SOPInstanceUID))
-        return 0x0000
+        return 0x0000 if status_of is None else status_of(event.dataset)
 
     handlers: list[Any] = [(evt.EVT_ESTABLISHED, established), (evt.EVT_C_STORE, store)]
     server = ae.start_server(("127.0.0.1", pacs.port), block=False, evt_handlers=handlers)
