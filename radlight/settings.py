@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     )
     delivery_inline: bool = Field(
         default=True,
-        description="The job's worker sends its results at once over a kept-open association "
-        "per destination; retries go through the delivery queue. False: every delivery is a task.",
+        description="The job's worker sends each result while it builds the next, over a "
+        "kept-open association per destination; retries go through the delivery queue. False: "
+        "every delivery is a task.",
     )
     delivery_max_attempts: int = Field(default=5, ge=1, le=100)
     delivery_backoff_s: float = Field(default=2.0, gt=0)
