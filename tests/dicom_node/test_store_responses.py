@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -20,6 +20,7 @@ from db.migrate import upgrade
 from db.models import Instance
 from db.session import make_engine, make_session_factory
 from dicom_node.node import DicomNode
+from dicom_node.scu import SenderAE
 from dicom_node.sending import NodeDIMSE, store_response_value
 from dicom_node.status import STATUS_MISSING_REQUIRED_ATTRIBUTE, STATUS_SUCCESS
 from tests.dicom_node.conftest import node_settings, running_node
@@ -94,7 +95,9 @@ def sqlite_node(tmp_path: Path) -> Iterator[DicomNode]:
 @contextlib.contextmanager
 def _storing_scu(node: DicomNode, sop_class: str) -> Iterator[tuple[Any, list[Dataset]]]:
     """A pynetdicom SCU associated with the node, and the command sets of the responses it
-    reads off the wire."""
+    reads off the wire. RadLight's ``SenderAE``: pynetdicom's own DIMSE reading and decoding,
+    without the pause race of its stock reactor that can take a second request's response away
+    from the request (pynetdicom#875; docs/DECISIONS.md)."""
     commands: list[Dataset] = []
 
     def received(event: Event) -> None:
@@ -102,7 +105,7 @@ def _storing_scu(node: DicomNode, sop_class: str) -> Iterator[tuple[Any, list[Da
         if isinstance(message, C_STORE_RSP):
             commands.append(message.command_set)
 
-    ae = AE(ae_title="PACS")
+    ae = SenderAE(ae_title="PACS")
     ae.add_requested_context(sop_class, "1.2.840.10008.1.2.1")
     assoc = ae.associate(
         "127.0.0.1",
