@@ -1,9 +1,11 @@
 """The chest X-ray pipeline: where the database, the store, the models and the builders meet.
 
 claim job → load inputs → select frontal chest images within the model card's contract (others
-are "not analysed", with the reason) → ``workers.analysis`` (model, findings, result objects) →
-store and record the results, replacing an earlier run's → queue their deliveries. A job whose
-images were all refused sends a "not analysed" SR back instead.
+are "not analysed", with the reason) → ``workers.analysis`` (model, findings, then the result
+objects one at a time, each stored and, with inline delivery, sent while the next is built:
+``workers.result_stream``) → record the results, replacing an earlier run's, with the job's end
+→ record how each send went, and queue what is left to send. A job whose images were all refused
+sends a "not analysed" SR back instead.
 
 A radiology report in the input set (a Basic Text, Enhanced or Comprehensive SR that RadLight did
 not write, ``dicom_node.reports``) is not an image to refuse: its text is grounded on the first
