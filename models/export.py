@@ -18,7 +18,6 @@ only ``onnx`` and numpy, so tests and demos run without torch.
 """
 
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -59,6 +58,7 @@ from models.contract import (
     gemm_attributes,
     read_contract,
 )
+from models.files import write_durably
 from models.labels import CHEST_XRAY14_LABELS
 from radlight.errors import ModelError
 
@@ -160,7 +160,7 @@ def export_classifier_onnx(
     with torch.no_grad():
         expected = [tensor.numpy() for tensor in module(check)]
     _check_against(data, check.numpy(), expected)
-    _write_atomic(path, data)
+    write_durably(path, data)
     logger.info("exported %s (%d bytes, %s exporter, opset %d)", path, len(data), exporter, opset)
     return sha256_bytes(data)
 
@@ -254,16 +254,6 @@ def _check_against(
         if float(excess.max()) > 0:
             worst = float(np.abs(got - want).max())
             raise ModelError(f"ONNX {name} differs from torch by up to {worst:.3g}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 @contextmanager
@@ -423,7 +413,7 @@ def build_tiny_classifier(out_dir: Path, *, seed: int = 0, num_channels: int = 8
     )
     data = _validated_bytes(model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / ONNX_FILE_NAME, data)
+    write_durably(out_dir / ONNX_FILE_NAME, data)
     return _write_built(
         out_dir,
         sha256_bytes(data),

@@ -47,11 +47,23 @@ def _load_card(path: Path) -> ModelCard:
 
 
 @dataclass(frozen=True)
+class PrecisionVariant:
+    """Another file of the same model version that computes in another precision (an fp16
+    copy made and checked against the card's file: :mod:`models.precision`)."""
+
+    precision: str
+    file_name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ModelEntry:
-    """One installed model version: its directory and its card."""
+    """One installed model version: its directory and its card, and the precision variant to
+    run instead of the card's file, if one was chosen (``models.precision.with_precision``)."""
 
     directory: Path
     card: ModelCard
+    variant: PrecisionVariant | None = None
 
     @property
     def name(self) -> str:
@@ -62,12 +74,21 @@ class ModelEntry:
         return self.card.version
 
     @property
+    def precision(self) -> str:
+        """What the file that runs computes in: ``fp32`` (the card's file) or the variant's."""
+        return "fp32" if self.variant is None else self.variant.precision
+
+    @property
     def sha256(self) -> str:
-        return self.card.sha256
+        """The sha256 of the file that runs: the card's, or the variant's."""
+        return self.card.sha256 if self.variant is None else self.variant.sha256
 
     @property
     def onnx_path(self) -> Path:
-        return self.directory / self.card.onnx_file
+        """The file that runs: the card's, or the variant's beside it."""
+        return self.directory / (
+            self.card.onnx_file if self.variant is None else self.variant.file_name
+        )
 
     @property
     def card_path(self) -> Path:

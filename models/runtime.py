@@ -104,7 +104,9 @@ class Classifier:
         return load_classifier(entry)
 
     @classmethod
-    def _build(cls, onnx_path: Path, *, sha256: str, names: OutputNames) -> "Classifier":
+    def build(cls, onnx_path: Path, *, sha256: str, names: OutputNames) -> "Classifier":
+        """A Classifier of its own for this file, not cached (``load`` caches): for comparing
+        a file that is not installed yet with the one that is (``models.precision``)."""
         data = _read_checked(onnx_path, sha256)
         contract = read_contract(
             parse_model(data, source=str(onnx_path)),
@@ -199,7 +201,8 @@ class HeatmapModel:
         return _cached(onnx_path, sha256, names, cls)
 
     @classmethod
-    def _build(cls, onnx_path: Path, *, sha256: str, names: HeatmapOutputNames) -> "HeatmapModel":
+    def build(cls, onnx_path: Path, *, sha256: str, names: HeatmapOutputNames) -> "HeatmapModel":
+        """A HeatmapModel of its own for this file, not cached (``load`` caches)."""
         data = _read_checked(onnx_path, sha256)
         contract = read_heatmap_contract(
             parse_model(data, source=str(onnx_path)),
@@ -272,7 +275,7 @@ def _cached(
         if isinstance(cached, cls):
             _cache.move_to_end(key)
             return cached
-        model = cls._build(Path(onnx_path), sha256=sha256, names=names)  # type: ignore[arg-type]
+        model = cls.build(Path(onnx_path), sha256=sha256, names=names)  # type: ignore[arg-type]
         _cache[key] = model
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)

@@ -31,11 +31,61 @@ def _install_built(settings: Settings, kind: str) -> str:
 
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
+    from models.precision import read_fp16_check
     from models.registry import ModelRegistry
+    from radlight.errors import ModelError
 
     for entry in ModelRegistry(settings.models_dir).list():
         trained = "trained" if entry.card.trained else "UNTRAINED"
-        out(f"{entry.name} {entry.version} {entry.sha256[:12]} {trained}")
+        try:
+            check = read_fp16_check(entry)
+        except ModelError:
+            check = None
+        fp16 = f" fp16:{check.sha256[:12]}" if check is not None and check.passed else ""
+        out(f"{entry.name} {entry.version} {entry.sha256[:12]} {trained}{fp16}")
+    return 0
+
+
+def cmd_models_fp16(args: argparse.Namespace, settings: Settings) -> int:
+    """Make an installed model's fp16 copy, check it on the given DICOM images, keep it if it
+    agrees (models.precision); workers run it with RADLIGHT_INFERENCE_PRECISION=fp16."""
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from models.precision import make_fp16_copy, prepared_batch
+    from models.preprocess import prepare_image
+    from models.registry import ModelRegistry
+    from radlight.errors import NotAnalysableError
+    from workers.imaging import load_frontal_chest
+
+    entry = ModelRegistry(settings.models_dir).get(args.name, args.version)
+    paths: list[Path] = []
+    for given in map(Path, args.images):
+        paths.extend(
+            sorted(p for p in given.rglob("*") if p.is_file()) if given.is_dir() else [given]
+        )
+    tensors = []
+    for path in paths:
+        try:
+            display = load_frontal_chest(pydicom.dcmread(path))
+        except (InvalidDicomError, NotAnalysableError, EOFError, OSError, ValueError) as exc:
+            out(f"skipped {path}: {exc}")
+            continue
+        tensors.append(prepare_image(display, entry.card.preprocessing).tensor)
+    if not tensors:
+        raise ConfigurationError("none of the --images is a frontal chest radiograph to check on")
+    check = make_fp16_copy(
+        entry,
+        prepared_batch(tensors),
+        tolerance=args.tolerance,
+        heatmap_tolerance=args.heatmap_tolerance,
+        default_threshold=settings.default_threshold,
+    )
+    out(
+        f"fp16 copy of {entry.name} {entry.version} kept (sha256 {check.sha256[:12]}): {check.summary()}"
+    )
     return 0
 
 
@@ -309,6 +359,17 @@ def _add_import_command(models: "argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--version", help="model version (default: sha256-<checkpoint hash>)")
 
 
+def _fraction(text: str) -> float:
+    """A tolerance: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def add_model_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``radlight models …`` on the top-level subparsers."""
     models = sub.add_parser("models", help="model registry").add_subparsers(
@@ -336,6 +397,22 @@ def add_model_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     evaluate_demo.set_defaults(func=cmd_models_evaluate_demo)
     evaluate_demo.add_argument("--images", help="folder of the val JPEGs (default: the wheel's)")
     evaluate_demo.add_argument("--build-dir", help="where the wheel is (default DATA/build/...)")
+    fp16 = models.add_parser(
+        "fp16",
+        help="make and check an installed model's fp16 copy (for GPU workers)",
+        description="The backbone is converted to float16, the head kept float32; the copy is "
+        "kept only if, on the check images, every probability is within --tolerance, every "
+        "heatmap within --heatmap-tolerance of its range and no finding's decision changes. "
+        "Workers run it with RADLIGHT_INFERENCE_PRECISION=fp16.",
+    )
+    fp16.set_defaults(func=cmd_models_fp16)
+    fp16.add_argument("name")
+    fp16.add_argument("--version", help="default: the latest installed")
+    fp16.add_argument(
+        "--images", nargs="+", required=True, help="DICOM files or folders of frontal CXRs"
+    )
+    fp16.add_argument("--tolerance", type=_fraction, default=0.01)
+    fp16.add_argument("--heatmap-tolerance", type=_fraction, default=0.02)
     _add_evaluation_commands(models)
     _add_import_command(models)
     add_grounding_commands(models)

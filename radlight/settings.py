@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "apart and the first runs alone (bench/bench_batching.py: 1.3 images per run with 2 "
         "jobs at 0 ms, 2.0 at 2 ms).",
     )
+    inference_precision: Literal["fp32", "fp16"] = Field(
+        default="fp32",
+        description="fp16: run each model's fp16 copy where `radlight models fp16` made and "
+        "checked one (models/precision.py), else its fp32 file with the reason logged. For a "
+        "GPU; results made by the copy say version <version>+fp16 and the copy's sha256.",
+    )
     inference_threads: int = Field(
         default=0,
         ge=0,

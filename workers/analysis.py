@@ -108,9 +108,13 @@ class _Uids:
 
 
 def algorithm_of(entry: ModelEntry) -> AlgorithmInfo:
-    """The provenance every result of ``entry`` carries: its card's name and version, its file's
-    checksum."""
-    return AlgorithmInfo(name=entry.card.name, version=entry.card.version, sha256=entry.sha256)
+    """The provenance every result of ``entry`` carries: its card's name and version (with
+    ``+fp16`` when its fp16 copy ran: other numbers, so other objects), and the checksum of the
+    file that ran."""
+    version = entry.card.version
+    if entry.precision != "fp32":
+        version = f"{version}+{entry.precision}"
+    return AlgorithmInfo(name=entry.card.name, version=version, sha256=entry.sha256)
 
 
 def _job_step(job: JobIdentity, algorithm: AlgorithmInfo, uid: _Uids) -> JobStep:

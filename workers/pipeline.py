@@ -45,6 +45,7 @@ from db.session import transaction
 from dicom_node.reports import is_report, report_text
 from dicom_node.scu import Peer
 from models.card import InputContract
+from models.precision import select_precision
 from models.registry import ModelEntry
 from radlight.errors import ModelError, NotAnalysableError, StoreError
 from radlight.logs import log_context
@@ -292,8 +293,9 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobState | None:
         held_lease(ctx.sessions, job_id, worker, lease_s),
     ):
         try:
+            installed = ctx.registry.get(inputs.model_name, inputs.model_version)
             entry = _with_site_thresholds(
-                ctx.registry.get(inputs.model_name, inputs.model_version), inputs.thresholds
+                select_precision(installed, ctx.settings.inference_precision), inputs.thresholds
             )
         except ModelError as exc:
             return _finish(ctx, job_id, JobState.FAILED, f"model unavailable: {exc}", clock=clock)

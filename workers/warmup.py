@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db.models import Route
 from models.labels import finding_code
+from models.precision import select_precision
 from models.registry import ModelEntry
 from models.runtime import CACHE_SIZE, load_model
 from radlight.errors import ModelError
@@ -54,7 +55,9 @@ def warm_up(ctx: WorkerContext) -> list[ModelEntry]:
     loaded: list[ModelEntry] = []
     for name, version in wanted:
         try:
-            entry = ctx.registry.get(name, version)
+            entry = select_precision(
+                ctx.registry.get(name, version), ctx.settings.inference_precision
+            )
             load_model(entry)
             labels = [finding_code(label.name) for label in entry.card.labels]
             prepare_findings_reports(algorithm_of(entry), labels)
