@@ -7,6 +7,7 @@ changes (``PUT /api/v1/routes/{id}/model`` and ``/thresholds``), checked here ag
 """
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -15,6 +16,7 @@ from sqlalchemy import select
 
 from db.models import Route
 from models.card import ModelCard
+from models.precision import read_fp16_check, with_precision
 from models.registry import ModelEntry, ModelRegistry
 from radlight.errors import ModelError
 from radlight.settings import Settings
@@ -53,6 +55,23 @@ class RouteRef(BaseModel):
     pinned: bool = Field(description="True when the route pins this version, false if it follows")
 
 
+class Fp16Out(BaseModel):
+    """The version's fp16 copy (``radlight models fp16``, docs/MODELS.md) and how it compared."""
+
+    sha256: str | None = Field(description="The copy's sha256; None when its record is unreadable.")
+    usable: bool = Field(
+        description="A worker set to fp16 would run it: the record names this version's file "
+        "and the copy still has its sha256."
+    )
+    problem: str | None = Field(description="Why a worker would run fp32 instead, when it would.")
+    images: int | None = Field(description="Check images the copy was compared on.")
+    max_probability_difference: float | None
+    max_heatmap_difference: float | None = Field(description="As a fraction of the range.")
+    decisions_changed: int | None
+    provider: str | None = Field(description="The execution provider the check ran on.")
+    checked_at: datetime | None
+
+
 class ModelVersionOut(BaseModel):
     version: str = Field(examples=["1.0.0"])
     latest: bool
@@ -68,6 +87,7 @@ class ModelVersionOut(BaseModel):
     intended_use: str
     limitations: list[str]
     routes: list[RouteRef] = Field(description="Enabled or not, the routes that run this version.")
+    fp16: Fp16Out | None = Field(description="Its fp16 copy, if one was made.")
 
 
 class ModelOut(BaseModel):
@@ -86,6 +106,41 @@ def _file_problem(models: ModelRegistry, entry: ModelEntry) -> str | None:
     except ModelError as exc:
         return str(exc)
     return None
+
+
+def _fp16_out(entry: ModelEntry) -> Fp16Out | None:
+    try:
+        check = read_fp16_check(entry)
+    except ModelError as exc:
+        return Fp16Out(
+            sha256=None,
+            usable=False,
+            problem=str(exc),
+            images=None,
+            max_probability_difference=None,
+            max_heatmap_difference=None,
+            decisions_changed=None,
+            provider=None,
+            checked_at=None,
+        )
+    if check is None:
+        return None
+    try:
+        with_precision(entry, "fp16")
+        problem = None
+    except ModelError as exc:
+        problem = str(exc)
+    return Fp16Out(
+        sha256=check.sha256,
+        usable=problem is None,
+        problem=problem,
+        images=check.images,
+        max_probability_difference=check.max_probability_difference,
+        max_heatmap_difference=check.max_heatmap_difference,
+        decisions_changed=check.decisions_changed,
+        provider=check.provider,
+        checked_at=check.checked_at,
+    )
 
 
 def _version_out(
@@ -126,6 +181,7 @@ def _version_out(
             for r in routes
             if r.model_name == card.name and (r.model_version or latest) == card.version
         ],
+        fp16=_fp16_out(entry),
     )
 
 

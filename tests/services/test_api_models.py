@@ -1,5 +1,8 @@
 """The model registry through the API, over real installed models on SQLite and PostgreSQL."""
 
+from pathlib import Path
+
+import pydicom
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -7,11 +10,14 @@ from db.config import upsert_route
 from db.models import Role
 from db.session import transaction
 from models.export import BuiltModel
+from models.precision import FP16_FILE, make_fp16_copy, prepared_batch
+from models.preprocess import prepare_image
 from models.registry import ModelRegistry
 from radlight.settings import Settings
 from tests.services.installed_models import TINY, install
 from tests.services.installed_models import tiny_builds as tiny_builds  # a fixture
 from tests.services.roles import assert_roles
+from workers.imaging import load_frontal_chest
 
 MODELS = "/api/v1/models"
 
@@ -97,3 +103,39 @@ def test_hostile_model_names_get_422(client: TestClient, admin: dict[str, str]) 
         response = client.get(MODELS, params={"name": name}, headers=admin)
         assert response.status_code == 422, (name, response.text)
         assert response.json()["detail"]
+
+
+def test_a_versions_fp16_copy_is_shown_with_its_check_and_whether_workers_can_use_it(
+    client: TestClient,
+    app_settings: Settings,
+    tiny_builds: list[BuiltModel],
+    admin: dict[str, str],
+    real_dicom_files: list[Path],
+) -> None:
+    install(app_settings, tiny_builds[:1])
+    (entry,) = ModelRegistry(app_settings.models_dir).list()
+    (version,) = client.get(MODELS, headers=admin).json()[0]["versions"]
+    assert version["fp16"] is None
+
+    batch = prepared_batch(
+        prepare_image(load_frontal_chest(pydicom.dcmread(f)), entry.card.preprocessing).tensor
+        for f in real_dicom_files
+    )
+    check = make_fp16_copy(entry, batch)
+    (version,) = client.get(MODELS, headers=admin).json()[0]["versions"]
+    fp16 = version["fp16"]
+    assert (fp16["sha256"], fp16["usable"], fp16["problem"], fp16["images"]) == (
+        check.sha256,
+        True,
+        None,
+        2,
+    )
+    assert fp16["max_probability_difference"] == check.max_probability_difference
+    assert fp16["decisions_changed"] == 0
+
+    copy = entry.directory / FP16_FILE
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    (version,) = client.get(MODELS, headers=admin).json()[0]["versions"]
+    assert version["fp16"]["usable"] is False
+    assert "has sha256" in version["fp16"]["problem"]
+    assert version["file_ok"] is True  # the card's file is fine; workers run it in fp32
