@@ -95,6 +95,8 @@ def test_workers_split_the_queues_and_only_inference_gets_a_gpu() -> None:
     gpu = parser.parse_args(raw["worker-gpu"]["command"])
     assert (gpu.pool, gpu.concurrency) == ("threads", 8)
     assert raw["worker-gpu"]["environment"]["RADLIGHT_INFERENCE_BATCH_MAX"] == "8"
+    precision = raw["worker-gpu"]["environment"]["RADLIGHT_INFERENCE_PRECISION"]
+    assert Settings(inference_precision=precision).inference_precision == "fp16"
     assert all("deploy" not in raw[name] for name in raw if name != "worker-gpu")
 
 

@@ -239,9 +239,14 @@ def test_the_gpu_pool_batches_across_jobs_and_the_default_does_not() -> None:
         inference_batch_wait_ms=float(env["RADLIGHT_INFERENCE_BATCH_WAIT_MS"]),
     )
     assert settings.batches_inference
+    assert (
+        Settings(inference_precision=env["RADLIGHT_INFERENCE_PRECISION"]).inference_precision
+        == "fp16"
+    )
     args, env = _worker_setup("defaults")
     assert (args.pool, args.concurrency) == ("prefork", 1)
     assert env["RADLIGHT_INFERENCE_BATCH_MAX"] == "1"
+    assert env["RADLIGHT_INFERENCE_PRECISION"] == "fp32"
 
 
 def test_keda_objects_point_at_real_things() -> None:
@@ -366,6 +371,7 @@ def test_dicom_service_type_follows_values() -> None:
         ({"dicomnode": {"replicas": 2}}, "dicomnode"),
         ({"workers": {"inference": {"concurrency": 0}}}, "/workers/inference/concurrency"),
         ({"workers": {"inference": {"pool": "gevent"}}}, "/workers/inference/pool"),
+        ({"workers": {"inference": {"precision": "int8"}}}, "/workers/inference/precision"),
         (
             {"workers": {"inference": {"batching": {"maxImages": 0}}}},
             "/workers/inference/batching/maxImages",
