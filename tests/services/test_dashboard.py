@@ -38,6 +38,8 @@ from db.models import (
 )
 from db.session import transaction
 from models.export import BuiltModel, build_tiny_classifier
+from models.precision import FP16_RECORD, make_fp16_copy, prepared_batch
+from models.preprocess import prepare_image
 from models.registry import ModelRegistry
 from radlight.contracts import QUEUE_DELIVERY, QUEUE_INFERENCE
 from radlight.settings import Settings
@@ -48,6 +50,7 @@ from tests.peers import run_orthanc
 from tests.services.conftest import PASSWORD
 from tests.workers.conftest import receive
 from workers.context import build_context
+from workers.imaging import load_frontal_chest
 from workers.pipeline import run_job
 
 D = "/dashboard"
@@ -752,6 +755,29 @@ def test_config_pages_show_the_api_view_and_edit_links_by_role(
     assert "0.0.0-seed0" in models
     as_role(client, Role.ADMIN)
     assert f'href="{D}/routes/{seeded.route}/edit"' in client.get(f"{D}/routes").text
+
+
+@pytest.mark.usefixtures("role_headers")
+def test_the_models_page_shows_a_versions_fp16_copy_and_why_it_is_not_used(
+    client: TestClient, app_settings: Settings, installed: str, real_dicom_files: list[Path]
+) -> None:
+    (entry,) = ModelRegistry(app_settings.models_dir).list()
+    make_fp16_copy(
+        entry,
+        prepared_batch(
+            prepare_image(load_frontal_chest(pydicom.dcmread(f)), entry.card.preprocessing).tensor
+            for f in real_dicom_files
+        ),
+    )
+    as_role(client, Role.OPERATOR)
+    page = client.get(f"{D}/models").text
+    assert "fp16 copy" in page
+    assert "checked</span> on 2 images (CPUExecutionProvider)" in page
+    record = entry.directory / FP16_RECORD
+    record.write_text(record.read_text().replace(entry.card.sha256, "0" * 64))
+    page = client.get(f"{D}/models").text
+    assert "not used</span>" in page
+    assert "was made from another file" in page
 
 
 @pytest.mark.usefixtures("role_headers")
