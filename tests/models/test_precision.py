@@ -7,6 +7,8 @@ its sha256 hold, and says why it runs fp32 otherwise; results made by it say so.
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,10 @@ from models.precision import (
 )
 from models.preprocess import prepare_image
 from models.registry import ModelEntry, ModelRegistry
-from models.runtime import load_model
+from models.runtime import HeatmapModel, load_model
 from radlight.errors import ModelError
 from tests.peers import radlight
+from tests.pneumonia_build import build_tiny_heatmap_model
 from tests.test_cli import _env
 from workers.analysis import algorithm_of
 from workers.imaging import load_frontal_chest
@@ -143,3 +146,44 @@ def test_the_cli_makes_the_copy_from_dicom_images_and_lists_it(
     assert "2 images" in out
     (listed,) = radlight(env, "models", "list").splitlines()
     assert listed.split()[-1].startswith("fp16:")
+
+
+def test_bad_input_to_the_fp16_command_gets_a_clear_error(
+    tmp_path: Path, real_dicom_files: list[Path]
+) -> None:
+    env = _env(tmp_path)
+    radlight(env, "models", "build", "tiny")
+    ((name, *_),) = [line.split() for line in radlight(env, "models", "list").splitlines()]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "radlight", "models", "fp16", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+    for tolerance in ("2", "-0.1", "nan", "lots"):
+        refused = run(name, "--images", str(real_dicom_files[0]), "--tolerance", tolerance)
+        assert refused.returncode == 2, tolerance
+        assert "--tolerance" in refused.stderr
+    lateral = tmp_path / "lateral.dcm"
+    ds = pydicom.dcmread(real_dicom_files[0])
+    ds.ViewPosition = "LL"
+    ds.save_as(lateral)
+    none_usable = run(name, "--images", str(lateral), str(tmp_path / "missing.dcm"))
+    assert none_usable.returncode != 0
+    assert "none of the --images is a frontal chest radiograph" in none_usable.stderr
+    assert "lateral" in none_usable.stdout  # each skipped file is named, with why
+    unknown = run("no-such-model", "--images", str(real_dicom_files[0]))
+    assert unknown.returncode != 0
+    assert "no model named 'no-such-model'" in unknown.stderr
+    assert "Traceback" not in none_usable.stderr + unknown.stderr
+
+
+def test_a_model_without_a_features_tensor_gets_no_fp16_copy(
+    tmp_path: Path, real_dicom_files: list[Path]
+) -> None:
+    built = build_tiny_heatmap_model(tmp_path / "built")
+    entry = ModelRegistry(tmp_path / "models").install(built.onnx_path, built.card)
+    model = load_model(entry)
+    assert isinstance(model, HeatmapModel)
+    with pytest.raises(ModelError, match="probabilities-heatmap/1; fp16 copies are made for"):
+        make_fp16_copy(entry, np.zeros((1, *model.input_shape), dtype=np.float32))
+    assert not (entry.directory / FP16_FILE).exists()

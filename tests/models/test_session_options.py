@@ -79,6 +79,8 @@ def test_a_threads_pool_is_one_process_and_batches_only_when_asked() -> None:
         ("inference_batch_max", 257),
         ("inference_batch_wait_ms", -1),
         ("inference_batch_wait_ms", 5000),
+        ("inference_precision", "int8"),
+        ("inference_precision", "FP16"),
     ],
 )
 def test_worker_pool_and_batching_settings_refuse_nonsense(setting: str, value: object) -> None:
