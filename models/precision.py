@@ -186,7 +186,10 @@ def make_fp16_copy(
     source = onnx.load_from_string(entry.onnx_path.read_bytes())
     data = convert_backbone_to_fp16(source, names).SerializeToString()
     sha256 = sha256_bytes(data)
-    fd, staged_name = tempfile.mkstemp(dir=entry.directory, prefix=".fp16-", suffix=".onnx")
+    try:
+        fd, staged_name = tempfile.mkstemp(dir=entry.directory, prefix=".fp16-", suffix=".onnx")
+    except OSError as exc:
+        raise ModelError(f"cannot write the fp16 copy in {entry.directory}: {exc}") from exc
     staged = Path(staged_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -219,6 +222,8 @@ def make_fp16_copy(
             )
         staged.replace(entry.directory / FP16_FILE)
         write_durably(entry.directory / FP16_RECORD, check.model_dump_json(indent=2).encode())
+    except OSError as exc:
+        raise ModelError(f"cannot write the fp16 copy in {entry.directory}: {exc}") from exc
     finally:
         staged.unlink(missing_ok=True)
     logger.info("fp16 copy of %s %s kept: %s", entry.name, entry.version, check.summary())

@@ -5,10 +5,12 @@ A copy is kept only if it agrees with the card's file; a worker runs it only whi
 its sha256 hold, and says why it runs fp32 otherwise; results made by it say so.
 """
 
+import errno
 import json
 import logging
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +90,7 @@ def test_a_copy_that_agrees_is_kept_and_runs_in_fp16(
 
 
 def test_a_copy_outside_the_tolerance_is_refused_and_nothing_is_kept(
-    installed: ModelEntry, real_dicom_files: list[Path]
+    installed: ModelEntry, real_dicom_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = sorted(p.name for p in installed.directory.iterdir())
     with pytest.raises(ModelError, match=r"differs too much: 2 images: .*tolerance 0\b"):
@@ -98,6 +100,14 @@ def test_a_copy_outside_the_tolerance_is_refused_and_nothing_is_kept(
         with_precision(installed, "fp16")
     with pytest.raises(ModelError, match="no check images"):
         make_fp16_copy(installed, prepared_batch([]))
+
+    def read_only(**_: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    # A read-only models volume (root, as these tests run, writes past a folder's mode).
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(ModelError, match=r"cannot write the fp16 copy in .*Read-only file system"):
+        make_fp16_copy(installed, check_batch(installed, real_dicom_files))
 
 
 def test_a_worker_runs_fp32_when_the_copy_cannot_be_trusted_and_says_why(
