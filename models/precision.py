@@ -183,8 +183,11 @@ def make_fp16_copy(
         raise ModelError("make the fp16 copy from the card's file, not from a variant")
     if len(batch) == 0:
         raise ModelError("no check images: the fp16 copy cannot be checked")
-    source = onnx.load_from_string(entry.onnx_path.read_bytes())
-    data = convert_backbone_to_fp16(source, names).SerializeToString()
+    try:
+        source = onnx.load_from_string(entry.onnx_path.read_bytes())
+        data = convert_backbone_to_fp16(source, names).SerializeToString()
+    except Exception as exc:  # onnx's and the converter's own errors, whatever their type
+        raise ModelError(f"cannot convert {entry.name} {entry.version} to fp16: {exc}") from exc
     sha256 = sha256_bytes(data)
     try:
         fd, staged_name = tempfile.mkstemp(dir=entry.directory, prefix=".fp16-", suffix=".onnx")
