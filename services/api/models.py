@@ -58,18 +58,25 @@ class RouteRef(BaseModel):
 class Fp16Out(BaseModel):
     """The version's fp16 copy (``radlight models fp16``, docs/MODELS.md) and how it compared."""
 
-    sha256: str | None = Field(description="The copy's sha256; None when its record is unreadable.")
     usable: bool = Field(
         description="A worker set to fp16 would run it: the record names this version's file "
         "and the copy still has its sha256."
     )
     problem: str | None = Field(description="Why a worker would run fp32 instead, when it would.")
-    images: int | None = Field(description="Check images the copy was compared on.")
-    max_probability_difference: float | None
-    max_heatmap_difference: float | None = Field(description="As a fraction of the range.")
-    decisions_changed: int | None
-    provider: str | None = Field(description="The execution provider the check ran on.")
-    checked_at: datetime | None
+    sha256: str | None = Field(
+        default=None, description="The copy's sha256; None when its record is unreadable."
+    )
+    images: int | None = Field(default=None, description="Check images it was compared on.")
+    max_probability_difference: float | None = None
+    max_heatmap_difference: float | None = Field(
+        default=None, description="As a fraction of the range."
+    )
+    decisions_changed: int | None = None
+    provider: str | None = Field(default=None, description="Where the check ran.")
+    checked_at: datetime | None = None
+
+
+_CHECK_FIELDS = set(Fp16Out.model_fields) - {"usable", "problem"}
 
 
 class ModelVersionOut(BaseModel):
@@ -112,17 +119,7 @@ def _fp16_out(entry: ModelEntry) -> Fp16Out | None:
     try:
         check = read_fp16_check(entry)
     except ModelError as exc:
-        return Fp16Out(
-            sha256=None,
-            usable=False,
-            problem=str(exc),
-            images=None,
-            max_probability_difference=None,
-            max_heatmap_difference=None,
-            decisions_changed=None,
-            provider=None,
-            checked_at=None,
-        )
+        return Fp16Out(usable=False, problem=str(exc))
     if check is None:
         return None
     try:
@@ -131,15 +128,7 @@ def _fp16_out(entry: ModelEntry) -> Fp16Out | None:
     except ModelError as exc:
         problem = str(exc)
     return Fp16Out(
-        sha256=check.sha256,
-        usable=problem is None,
-        problem=problem,
-        images=check.images,
-        max_probability_difference=check.max_probability_difference,
-        max_heatmap_difference=check.max_heatmap_difference,
-        decisions_changed=check.decisions_changed,
-        provider=check.provider,
-        checked_at=check.checked_at,
+        usable=problem is None, problem=problem, **check.model_dump(include=_CHECK_FIELDS)
     )
 
 

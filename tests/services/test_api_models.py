@@ -10,7 +10,7 @@ from db.config import upsert_route
 from db.models import Role
 from db.session import transaction
 from models.export import BuiltModel
-from models.precision import FP16_FILE, make_fp16_copy, prepared_batch
+from models.precision import FP16_FILE, FP16_RECORD, make_fp16_copy, prepared_batch
 from models.preprocess import prepare_image
 from models.registry import ModelRegistry
 from radlight.settings import Settings
@@ -139,3 +139,7 @@ def test_a_versions_fp16_copy_is_shown_with_its_check_and_whether_workers_can_us
     assert version["fp16"]["usable"] is False
     assert "has sha256" in version["fp16"]["problem"]
     assert version["file_ok"] is True  # the card's file is fine; workers run it in fp32
+    (entry.directory / FP16_RECORD).write_text("{not json")
+    (version,) = client.get(MODELS, headers=admin).json()[0]["versions"]
+    assert (version["fp16"]["usable"], version["fp16"]["sha256"]) == (False, None)
+    assert "is not an fp16 record" in version["fp16"]["problem"]
